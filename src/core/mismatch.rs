@@ -68,8 +68,9 @@ const HCSSHIM_PHRASE: &str = "thecontaineroperatingsystemdoesnotmatch";
 /// HCS_E_IMAGE_MISMATCH as an NTSTATUS and as an HRESULT. The code is language-neutral, so it also catches
 /// messages from hosts that report errors in another language.
 const STATUS_CODES: [&str; 2] = ["0xc0370101", "0x80370101"];
-/// Markers that the hcsshim wording came through containerd (task or sandbox creation).
-const CONTAINERD_MARKERS: [&str; 3] = ["containerd", "shimtask", "hcs::createcomputesystem"];
+/// Markers that the hcsshim wording came through containerd (task or sandbox creation; older releases say
+/// "failed to create shim"). Not `hcs::CreateComputeSystem`: Docker prints that prefix too.
+const CONTAINERD_MARKERS: [&str; 2] = ["containerd", "failedtocreateshim"];
 
 /// Messages longer than this are cut before folding; the key phrases sit near the start of real messages,
 /// ahead of the long JSON "extra info" tails.
