@@ -1,6 +1,9 @@
 //! Command-line interface. Every flag that configures behaviour can also come from an `OSBUILD_*`
 //! environment variable, so the same binary is configured the same way in a shell and in a Pod spec.
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::core::labels::{DEFAULT_LABEL_PREFIX, DEFAULT_OSBUILD_LABEL, LabelKeyError, LabelKeys};
@@ -19,6 +22,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the controller in a cluster (or against KUBECONFIG): label Windows nodes, serve metrics and health.
+    Run(RunArgs),
     /// Explain a node's status.nodeInfo.kernelVersion: build, revision, release and the labels it gets.
     Explain(ExplainArgs),
     /// Tell whether a host runs an image, with process and with Hyper-V isolation.
@@ -90,4 +95,80 @@ pub struct ClassifyArgs {
     pub message: String,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub labels: LabelArgs,
+    /// Address of the /metrics, /healthz and /readyz endpoints.
+    #[arg(long, env = "OSBUILD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Take over labels that another field manager owns with other values (server-side apply force).
+    #[arg(long, env = "OSBUILD_FORCE_CONFLICTS")]
+    pub force_conflicts: bool,
+    /// Compute and log every change; write nothing (no labels, no events).
+    #[arg(long, env = "OSBUILD_DRY_RUN")]
+    pub dry_run: bool,
+    /// Only watch nodes matching this label selector (e.g. "kubernetes.io/os=windows"); all nodes by default.
+    #[arg(long, env = "OSBUILD_NODE_SELECTOR")]
+    pub node_selector: Option<String>,
+    /// Look at every node again this often even when nothing changed (e.g. 30s, 10m, 1h).
+    #[arg(long, env = "OSBUILD_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
+    pub resync_interval: Duration,
+    /// Log format.
+    #[arg(long, env = "OSBUILD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Log filter, in RUST_LOG syntax (e.g. "info", "osbuild_controller=debug,kube=warn").
+    #[arg(long, env = "OSBUILD_LOG_FILTER", default_value = "info")]
+    pub log_filter: String,
+}
+
+/// Parses "90s", "10m", "1h" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 10m or 1h"))?;
+    let seconds = match unit {
+        "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        _ => return Err(format!("{text:?}: unit must be s, m or h")),
+    };
+    if seconds == 0 {
+        return Err("the interval must be at least 1s".to_owned());
+    }
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("10d").unwrap_err().contains("unit"));
+        assert!(parse_duration("m").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

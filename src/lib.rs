@@ -3,4 +3,11 @@
 
 pub mod cli;
 pub mod core;
+pub mod health;
+pub mod index;
+pub mod metrics;
+pub mod nodes;
 pub mod offline;
+pub mod run;
+pub mod server;
+pub mod telemetry;

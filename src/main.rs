@@ -2,12 +2,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
-use osbuild_controller::cli::{Cli, Command};
-use osbuild_controller::offline;
+use osbuild_controller::cli::{Cli, Command, RunArgs};
+use osbuild_controller::{offline, run, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => return run_controller(args),
         Command::Explain(args) => offline::explain_command(&args),
         Command::Compat(args) => offline::compat_command(&args),
         Command::Classify(args) => offline::classify_command(&args, &mut std::io::stdin().lock()),
@@ -21,6 +22,39 @@ fn main() -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Exit 2 for bad configuration (one clear line, like clap's usage errors), 1 when the controller fails.
+fn run_controller(args: RunArgs) -> ExitCode {
+    let keys = match args.labels.keys() {
+        Ok(keys) => keys,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(err) = telemetry::init(args.log_format, &args.log_filter) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run::run(args, keys)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            eprintln!("error: {err:#}");
             ExitCode::from(1)
         }
     }

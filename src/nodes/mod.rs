@@ -1,0 +1,337 @@
+//! The node controller: keeps our labels on every Windows node right, with server-side apply.
+//!
+//! One reconcile = one plan (pure, see [`plan`]) + at most one apply. The apply sends the complete set of
+//! labels we want under field manager [`MANAGER`]; the API server removes labels we applied before and no
+//! longer send, and never touches labels of other managers.
+
+pub mod ownership;
+pub mod plan;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::Store;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::core::labels::LabelKeys;
+use crate::metrics::Metrics;
+use ownership::applied_label_keys;
+use plan::{NodeState, plan};
+
+/// Our field manager for server-side apply, and the controller name on Events.
+pub const MANAGER: &str = "osbuild-controller";
+
+/// What every reconcile shares.
+pub struct NodeContext {
+    pub api: Api<Node>,
+    pub keys: LabelKeys,
+    pub metrics: Metrics,
+    pub recorder: Recorder,
+    pub force_conflicts: bool,
+    pub dry_run: bool,
+    /// How often a node is looked at again even when nothing changed: the safety net.
+    pub resync: Duration,
+    /// Nodes whose last apply hit a conflict, for the `osbuild_nodes_label_conflict` gauge.
+    pub conflicted: Mutex<HashSet<String>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot apply labels to node {node}: {source}")]
+    Apply {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl NodeError {
+    /// A static category for the `osbuild_reconcile_errors_total` metric.
+    pub fn category(&self) -> &'static str {
+        match self {
+            NodeError::Apply { source, .. } => api_error_category(source),
+        }
+    }
+}
+
+/// Static categories for API errors, so metrics and logs group them without unbounded label values.
+pub fn api_error_category(err: &kube::Error) -> &'static str {
+    match err {
+        kube::Error::Api(status) => match status.code {
+            401 => "unauthorized",
+            403 => "forbidden",
+            404 => "not_found",
+            409 => "conflict",
+            422 => "invalid",
+            429 => "throttled",
+            500..=599 => "server_error",
+            _ => "api_other",
+        },
+        kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
+        _ => "client",
+    }
+}
+
+pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
+    let _timer = ctx.metrics.reconcile_duration.start_timer();
+    let name = node.name_any();
+    let plan = plan(&node, &ctx.keys);
+    let requeue = Action::requeue(ctx.resync);
+
+    if let Some(warning) = plan.warning() {
+        tracing::warn!(node = %name, reason = warning.reason, "{}", warning.message);
+        publish(
+            &ctx,
+            &node,
+            EventType::Warning,
+            warning.reason,
+            warning.message,
+        )
+        .await;
+    }
+    let Some(desired) = plan.desired else {
+        tracing::debug!(node = %name, "kernelVersion not reported yet; waiting");
+        return Ok(requeue);
+    };
+    let owned = applied_label_keys(
+        node.metadata.managed_fields.as_deref().unwrap_or_default(),
+        MANAGER,
+    );
+    let current = node.metadata.labels.clone().unwrap_or_default();
+    if labels_hold(&current, &desired, &owned) {
+        set_conflicted(&ctx, &name, false);
+        return Ok(requeue);
+    }
+
+    let change = describe_change(&current, &desired, &owned);
+    if ctx.dry_run {
+        tracing::info!(node = %name, state = ?plan.state, change = %change, "dry run: would apply labels");
+        return Ok(requeue);
+    }
+    let mut params = PatchParams::apply(MANAGER);
+    params.force = ctx.force_conflicts;
+    let patch = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": { "name": name, "labels": desired },
+    });
+    match ctx.api.patch(&name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => {
+            ctx.metrics.label_writes.inc();
+            set_conflicted(&ctx, &name, false);
+            tracing::info!(node = %name, change = %change, "applied labels");
+            Ok(requeue)
+        }
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            ctx.metrics.label_conflicts.inc();
+            set_conflicted(&ctx, &name, true);
+            let message = format!(
+                "labels are owned by another field manager with other values, not forced (run with --force-conflicts to take them): {}",
+                status.message
+            );
+            tracing::warn!(node = %name, "{message}");
+            publish(&ctx, &node, EventType::Warning, "LabelConflict", message).await;
+            Ok(requeue)
+        }
+        Err(source) => Err(NodeError::Apply { node: name, source }),
+    }
+}
+
+pub fn error_policy(node: Arc<Node>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
+    let category = err.category();
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[category])
+        .inc();
+    tracing::warn!(node = %node.name_any(), category, error = %err, "reconcile failed; retrying");
+    // Missing permissions are not fixed by hammering the API server.
+    let delay = if matches!(category, "forbidden" | "unauthorized") {
+        60
+    } else {
+        5
+    };
+    Action::requeue(Duration::from_secs(delay))
+}
+
+/// Whether the node already carries exactly our desired labels: every desired value present, and we own
+/// no label we no longer want.
+pub fn labels_hold(
+    current: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+    owned: &BTreeSet<String>,
+) -> bool {
+    desired.iter().all(|(k, v)| current.get(k) == Some(v))
+        && owned.iter().all(|k| desired.contains_key(k))
+}
+
+/// "+key=value ~key=old->new -key" for the log line of a change.
+fn describe_change(
+    current: &BTreeMap<String, String>,
+    desired: &BTreeMap<String, String>,
+    owned: &BTreeSet<String>,
+) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in desired {
+        match current.get(k) {
+            None => parts.push(format!("+{k}={v}")),
+            Some(old) if old != v => parts.push(format!("~{k}={old}->{v}")),
+            Some(_) => {}
+        }
+    }
+    parts.extend(
+        owned
+            .iter()
+            .filter(|k| !desired.contains_key(*k))
+            .map(|k| format!("-{k}")),
+    );
+    if parts.is_empty() {
+        "take ownership of labels already set".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+fn set_conflicted(ctx: &NodeContext, name: &str, conflicted: bool) {
+    let mut set = ctx.conflicted.lock().unwrap_or_else(|p| p.into_inner());
+    if conflicted {
+        set.insert(name.to_owned());
+    } else {
+        set.remove(name);
+    }
+    ctx.metrics.nodes_in_conflict.set(set.len() as i64);
+}
+
+async fn publish(ctx: &NodeContext, node: &Node, type_: EventType, reason: &str, note: String) {
+    if ctx.dry_run {
+        return;
+    }
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(truncate(note, 1024)),
+        action: "LabelNode".to_owned(),
+        secondary: None,
+    };
+    if let Err(err) = ctx.recorder.publish(&event, &node.object_ref(&())).await {
+        ctx.metrics
+            .reconcile_errors
+            .with_label_values(&["event"])
+            .inc();
+        tracing::warn!(node = %node.name_any(), error = %err, "cannot publish event");
+    }
+}
+
+/// Events carry at most 1 kB of note.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max - 3;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str("...");
+    }
+    text
+}
+
+/// Recomputes the node gauges from the store: Windows nodes by osbuild and release, and unlabelled ones by
+/// reason. Called before each scrape, so the gauges never drift from the cache.
+pub fn refresh_inventory(store: &Store<Node>, keys: &LabelKeys, metrics: &Metrics) {
+    metrics.windows_nodes.reset();
+    let mut unparseable = 0;
+    let mut revision_unknown = 0;
+    for node in store.state() {
+        match plan(&node, keys).state {
+            NodeState::Labelled {
+                osbuild,
+                release,
+                problem,
+            } => {
+                if problem.is_some() {
+                    revision_unknown += 1;
+                }
+                metrics
+                    .windows_nodes
+                    .with_label_values(&[osbuild.as_deref().unwrap_or(""), release.unwrap_or("")])
+                    .inc();
+            }
+            NodeState::Unparseable { .. } => unparseable += 1,
+            NodeState::NotWindows | NodeState::OptedOut | NodeState::NotReported => {}
+        }
+    }
+    metrics
+        .nodes_unlabelled
+        .with_label_values(&["unparseable"])
+        .set(unparseable);
+    metrics
+        .nodes_unlabelled
+        .with_label_values(&["revision_unknown"])
+        .set(revision_unknown);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+    fn set(keys: &[&str]) -> BTreeSet<String> {
+        keys.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn hold_requires_values_and_no_stale_ownership() {
+        let desired = map(&[("a", "1"), ("b", "2")]);
+        assert!(labels_hold(
+            &map(&[("a", "1"), ("b", "2"), ("x", "y")]),
+            &desired,
+            &set(&["a", "b"])
+        ));
+        assert!(
+            !labels_hold(&map(&[("a", "1")]), &desired, &set(&["a"])),
+            "b missing"
+        );
+        assert!(
+            !labels_hold(&map(&[("a", "1"), ("b", "3")]), &desired, &set(&["a", "b"])),
+            "b wrong"
+        );
+        assert!(
+            !labels_hold(
+                &map(&[("a", "1"), ("b", "2"), ("c", "1")]),
+                &desired,
+                &set(&["a", "b", "c"])
+            ),
+            "c stale"
+        );
+        assert!(
+            labels_hold(&map(&[("team", "x")]), &BTreeMap::new(), &BTreeSet::new()),
+            "nothing wanted, nothing owned"
+        );
+    }
+
+    #[test]
+    fn change_description() {
+        let d = describe_change(
+            &map(&[("a", "1"), ("c", "9")]),
+            &map(&[("a", "2"), ("b", "1")]),
+            &set(&["a", "c"]),
+        );
+        assert_eq!(d, "~a=1->2 +b=1 -c");
+    }
+
+    #[test]
+    fn truncation_respects_char_boundaries() {
+        // 1021 bytes would split a two-byte "é", so the cut falls at 1020, then "..." is added.
+        assert_eq!(truncate("é".repeat(600), 1024).len(), 1023);
+        assert_eq!(truncate("short".into(), 1024), "short");
+    }
+}

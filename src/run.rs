@@ -1,0 +1,145 @@
+//! `osbuild-controller run`: wires the controller process. One kube client, one Node watch (the index),
+//! one metrics registry, one shutdown signal; the HTTP server and the node controller run side by side.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::RunArgs;
+use crate::core::labels::LabelKeys;
+use crate::health::Health;
+use crate::index;
+use crate::metrics::Metrics;
+use crate::nodes::{self, MANAGER, NodeContext};
+use crate::server::{self, ServerState};
+
+pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
+    let health = Arc::new(Health::default());
+    let metrics = Metrics::new().context("cannot register metrics")?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(shutdown_on_signal(shutdown.clone(), health.clone()));
+
+    let listener = server::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
+    let client = Client::try_default().await.context(
+        "cannot build a Kubernetes client from KUBECONFIG or the in-cluster service account",
+    )?;
+    tracing::info!(
+        metrics_addr = %args.metrics_addr,
+        osbuild_label = keys.osbuild(),
+        label_prefix = keys.prefix(),
+        dry_run = args.dry_run,
+        force_conflicts = args.force_conflicts,
+        node_selector = args.node_selector.as_deref().unwrap_or(""),
+        resync_interval = ?args.resync_interval,
+        "starting osbuild-controller {}",
+        env!("CARGO_PKG_VERSION")
+    );
+
+    let mut watch_config = watcher::Config::default();
+    if let Some(selector) = &args.node_selector {
+        watch_config = watch_config.labels(selector);
+    }
+    let (store, changed_nodes) = index::watch_nodes(
+        Api::<Node>::all(client.clone()),
+        watch_config,
+        keys.clone(),
+        MANAGER,
+        health.clone(),
+        metrics.clone(),
+    );
+    let ctx = Arc::new(NodeContext {
+        api: Api::all(client.clone()),
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter()),
+        force_conflicts: args.force_conflicts,
+        dry_run: args.dry_run,
+        resync: args.resync_interval,
+        conflicted: Mutex::new(HashSet::new()),
+    });
+
+    let refresh = {
+        let (store, keys, metrics) = (store.clone(), keys.clone(), metrics.clone());
+        Arc::new(move || nodes::refresh_inventory(&store, &keys, &metrics))
+    };
+    let server_state = ServerState {
+        health: health.clone(),
+        metrics: metrics.clone(),
+        refresh,
+    };
+    let server = tokio::spawn(server::serve(
+        listener,
+        server_state,
+        shutdown.clone().cancelled_owned(),
+    ));
+
+    let controller = Controller::for_stream(changed_nodes, store)
+        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(100)))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(nodes::reconcile, nodes::error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((node, _)) => tracing::trace!(node = %node.name, "reconciled"),
+                // Reconcile errors are counted and logged by error_policy, watch errors by the index.
+                Err(err) => tracing::debug!(error = %err, "controller event"),
+            }
+        });
+    controller.await;
+
+    let unexpected = !shutdown.is_cancelled();
+    if unexpected {
+        health.loop_ended("node-controller");
+        shutdown.cancel();
+    }
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => return Err(err).context("metrics server failed"),
+        Err(err) => return Err(err).context("metrics server task failed"),
+    }
+    if unexpected {
+        anyhow::bail!("the node controller stopped unexpectedly");
+    }
+    tracing::info!("shut down cleanly");
+    Ok(())
+}
+
+/// Who we are on Events: the controller, and the pod when the Downward API gives its name.
+fn reporter() -> Reporter {
+    Reporter {
+        controller: MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// SIGTERM (the kubelet) or SIGINT (a terminal): stop being ready at once, then let the loops finish the
+/// work in hand and stop.
+async fn shutdown_on_signal(shutdown: CancellationToken, health: Arc<Health>) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = terminate => tracing::info!("SIGTERM received; shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received; shutting down"),
+        _ = shutdown.cancelled() => {}
+    }
+    health.start_shutdown();
+    shutdown.cancel();
+}
