@@ -187,3 +187,27 @@ fn classify_argument_and_stdin() {
     assert_eq!(v["os_mismatch"], false);
     assert_eq!(v["variant"], Value::Null);
 }
+
+#[test]
+fn run_refuses_bad_configuration_with_exit_2_and_one_line() {
+    for (flag, value, expected) in [
+        ("--label-prefix", "Not_A_Domain", "not a DNS subdomain"),
+        ("--osbuild-label", "bad key!", "not a valid Kubernetes label key"),
+        ("--resync-interval", "10d", "unit must be s, m or h"),
+        ("--metrics-addr", "localhost", "invalid socket address"),
+    ] {
+        let out = run(&["run", flag, value]);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+        if flag.contains("label") {
+            assert_eq!(err.lines().count(), 1, "{err}");
+        }
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_osbuild-controller"))
+        .arg("run")
+        .env("OSBUILD_LABEL_PREFIX", "UPPER.example.com")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "flags also come from OSBUILD_* variables");
+}

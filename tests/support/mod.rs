@@ -17,6 +17,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -239,6 +240,42 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("set status of pod {name}: {e}"));
     }
 
+    /// Creates a ServiceAccount in the test namespace and writes a kubeconfig that authenticates as it with a
+    /// token from the TokenRequest API: the identity the controller has in a cluster.
+    pub async fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
+        let sa: ServiceAccount =
+            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        accounts
+            .create(&PostParams::default(), &sa)
+            .await
+            .expect("create service account");
+        let request: TokenRequest =
+            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+                .unwrap();
+        let token = accounts
+            .create_token_request(name, &PostParams::default(), &request)
+            .await
+            .expect("TokenRequest")
+            .status
+            .expect("token status")
+            .token;
+        let admin = Kubeconfig::read_from(kubeconfig()).expect("admin kubeconfig");
+        let cluster = serde_json::to_value(&admin.clusters[0]).expect("cluster entry");
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [cluster],
+            "users": [{"name": name, "user": {"token": token}}],
+            "contexts": [{"name": name, "context": {"cluster": admin.clusters[0].name, "user": name}}],
+            "current-context": name,
+        });
+        let path = std::env::temp_dir().join(format!("{}-{name}.kubeconfig", self.prefix));
+        // JSON is YAML, so every kubeconfig reader takes it.
+        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap())
+            .expect("write kubeconfig");
+        path
+    }
+
     /// Deletes this test's nodes and namespace; best effort, for runs against a kept control plane.
     pub async fn cleanup(self) {
         let lp = ListParams::default().labels(&self.node_selector());
@@ -336,6 +373,11 @@ impl Controller {
 
     /// Starts the controller without waiting for readiness.
     pub fn spawn(env: &TestEnv, extra: &[&str]) -> Self {
+        Self::spawn_with_kubeconfig(env, kubeconfig(), extra)
+    }
+
+    /// Starts the controller with another identity (e.g. a ServiceAccount token), without waiting.
+    pub fn spawn_with_kubeconfig(env: &TestEnv, kubeconfig: &Path, extra: &[&str]) -> Self {
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         let log_path = std::env::temp_dir().join(format!(
             "osbuild-controller-{}-{}.log",
@@ -349,7 +391,7 @@ impl Controller {
             .args(["--metrics-addr", &metrics_addr])
             .args(["--log-filter", "info,osbuild_controller=debug"])
             .args(extra)
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -362,9 +404,13 @@ impl Controller {
     }
 
     pub async fn wait_ready(&self) {
+        self.wait_ready_within(TIMEOUT).await
+    }
+
+    pub async fn wait_ready_within(&self, timeout: Duration) {
         let addr = self.metrics_addr.clone();
         let log = self.log_path.clone();
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok((200, _)) = http_get(&addr, "/readyz").await {
                 return;

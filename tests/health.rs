@@ -1,0 +1,105 @@
+//! The controller process: readiness, liveness, loud watch errors, and shutdown, against the real server.
+
+mod support;
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::json;
+use std::time::Duration;
+use support::{Controller, TestEnv, eventually};
+
+#[tokio::test]
+async fn ready_after_sync_live_and_exits_cleanly_on_sigterm() {
+    let env = TestEnv::new("health-basic").await;
+    env.create_windows_node("win", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &[]).await;
+    let (status, body) = controller.get("/readyz").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("[+] watch nodes: ok"), "{body}");
+    assert_eq!(controller.get("/healthz").await.0, 200);
+    assert_eq!(
+        controller
+            .metric("osbuild_watch_up", &[("resource", "nodes")])
+            .await,
+        Some(1.0)
+    );
+    assert!(
+        controller
+            .metric("osbuild_process_resident_memory_bytes", &[])
+            .await
+            .unwrap_or(0.0)
+            > 0.0
+    );
+    let log_path = controller.log_path.clone();
+    let status = controller.terminate();
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    assert!(
+        log.contains("SIGTERM received") && log.contains("shut down cleanly"),
+        "{log}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn missing_rbac_is_loud_counted_and_not_ready_until_granted() {
+    let env = TestEnv::new("health-rbac").await;
+    let kubeconfig = env.service_account_kubeconfig("no-rights").await;
+    let controller = Controller::spawn_with_kubeconfig(&env, &kubeconfig, &[]);
+
+    let body = eventually(
+        "readyz says the watch is forbidden",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = support::http_get(&controller.metrics_addr, "/readyz")
+                .await
+                .ok()?;
+            (status == 503 && body.contains("forbidden")).then_some(body)
+        },
+    )
+    .await;
+    assert!(body.contains("[-] watch nodes: failing"), "{body}");
+    assert!(
+        controller
+            .metric("osbuild_watch_errors_total", &[("resource", "nodes")])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert!(
+        controller.log().contains("watch failed"),
+        "{}",
+        controller.log()
+    );
+    assert_eq!(
+        controller.get("/healthz").await.0,
+        200,
+        "alive: the loop keeps retrying"
+    );
+
+    // Granting the permissions makes it ready without a restart.
+    let role_name = format!("{}-nodes", env.prefix);
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-rights", "namespace": env.namespace}]
+    }))
+    .unwrap();
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    controller.wait_ready_within(Duration::from_secs(90)).await;
+    let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
+    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    env.cleanup().await;
+}
