@@ -192,7 +192,11 @@ fn classify_argument_and_stdin() {
 fn run_refuses_bad_configuration_with_exit_2_and_one_line() {
     for (flag, value, expected) in [
         ("--label-prefix", "Not_A_Domain", "not a DNS subdomain"),
-        ("--osbuild-label", "bad key!", "not a valid Kubernetes label key"),
+        (
+            "--osbuild-label",
+            "bad key!",
+            "not a valid Kubernetes label key",
+        ),
         ("--resync-interval", "10d", "unit must be s, m or h"),
         ("--metrics-addr", "localhost", "invalid socket address"),
     ] {
@@ -209,5 +213,9 @@ fn run_refuses_bad_configuration_with_exit_2_and_one_line() {
         .env("OSBUILD_LABEL_PREFIX", "UPPER.example.com")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(2), "flags also come from OSBUILD_* variables");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "flags also come from OSBUILD_* variables"
+    );
 }

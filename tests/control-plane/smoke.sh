@@ -33,11 +33,12 @@ ver=$("$k" get --raw /version)
 echo "$ver" | jq -c .
 check "/version gitVersion is v1.37.2" [ "$(echo "$ver" | jq -r .gitVersion)" = v1.37.2 ]
 check "/version major/minor 1/37" [ "$(echo "$ver" | jq -r '.major + "/" + .minor')" = 1/37 ]
-for sys in /usr/bin/kubectl; do
-  [ -x "$sys" ] || continue
-  check "$sys get --raw /version" "$sys" get --raw /version
+# an independently built kubectl, if the machine has one
+sys=/usr/bin/kubectl
+if [ -x "$sys" ]; then
+  check "$sys get --raw /version" [ "$("$sys" get --raw /version | jq -r .gitVersion)" = v1.37.2 ]
   check "$sys get nodes" "$sys" get nodes
-done
+fi
 check "kubectl get nodes (empty cluster)" "$k" get nodes
 
 node() { # node NAME LABEL_VALUE

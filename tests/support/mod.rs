@@ -57,6 +57,66 @@ pub fn kubeconfig() -> &'static Path {
     })
 }
 
+/// The kubectl built with the control plane (same cache layout as tests/control-plane/build.sh).
+pub fn kubectl() -> PathBuf {
+    let versions = std::fs::read_to_string(repo_root().join("tests/control-plane/versions.env"))
+        .expect("tests/control-plane/versions.env");
+    let version = |key: &str| {
+        versions
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("{key} missing from versions.env"))
+            .trim()
+            .to_owned()
+    };
+    let cache = std::env::var_os("OSBUILD_CACHE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+                .join(".cache/osbuild-controller")
+        });
+    let path = cache
+        .join("control-plane")
+        .join(format!(
+            "k8s-{}-etcd-{}",
+            version("K8S_VERSION"),
+            version("ETCD_VERSION")
+        ))
+        .join("kubectl");
+    assert!(
+        path.exists(),
+        "kubectl not built at {} (scripts/control-plane up builds it)",
+        path.display()
+    );
+    path
+}
+
+/// Runs the built kubectl against the test control plane, feeding `stdin`; returns stdout or fails the test.
+pub fn kubectl_with_stdin(args: &[&str], stdin: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write to kubectl");
+    let out = child.wait_with_output().expect("kubectl output");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 pub async fn client() -> Client {
     let path = kubeconfig();
     let parsed = Kubeconfig::read_from(path)
