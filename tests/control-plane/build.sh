@@ -54,6 +54,8 @@ export GOWORK=off
 export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false"
 command -v go >/dev/null || { echo "go not found in PATH" >&2; exit 1; }
+# leftovers of a build that was killed hard (SIGKILL): never used, just removed
+rm -f "$bindir"/.*.tmp.*
 log "$(go version); GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
 
 # What hack/lib/version.sh stamps into a release build (k8s.io/component-base/version
@@ -85,12 +87,15 @@ build() {
   fi
   local tmp="$bindir/.$name.tmp.$$"
   rm -f "$tmp"
-  # shellcheck disable=SC2064
-  trap "rm -f '$tmp'" EXIT
   log "$name: building $pkg"
   local start=$SECONDS
   (cd "$moddir" && exec go build -p "${BUILD_JOBS:-2}" -trimpath -ldflags "$ldflags" -o "$tmp" "$pkg") &
   local pid=$! next=30
+  # interrupted (Ctrl-C, SIGTERM, session end): stop go build, drop the temp file
+  # shellcheck disable=SC2064
+  trap "kill $pid 2>/dev/null || true; wait $pid 2>/dev/null || true; rm -f '$tmp'; log '$name: interrupted'; exit 130" INT TERM HUP
+  # shellcheck disable=SC2064
+  trap "rm -f '$tmp'" EXIT
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if (( SECONDS - start >= next )) && kill -0 "$pid" 2>/dev/null; then
@@ -105,7 +110,7 @@ build() {
   local v
   v=$("$tmp" "$@" 2>&1 | tr '\n' ' ') || { log "$name: built binary does not run: $v"; exit 1; }
   mv -f "$tmp" "$bindir/$name"
-  trap - EXIT
+  trap - EXIT INT TERM HUP
   log "$name: built in $((SECONDS - start))s ($(du -h "$bindir/$name" | cut -f1)): $v"
 }
 

@@ -5,7 +5,11 @@
 #   -> no not-ready/unreachable taints -> down -> no process left.
 # Usage: tests/control-plane/smoke.sh [--keep]   (--keep: leave it running)
 # Prints "N passed, N failed" at the end; exit 0 only if all checks passed.
+# Runs in its own state dir (and so on its own free ports) unless
+# OSBUILD_CONTROL_PLANE_DIR is set, so its final `down` never stops a control
+# plane that `scripts/test` or a developer started in the default state dir.
 set -euo pipefail
+export OSBUILD_CONTROL_PLANE_DIR=${OSBUILD_CONTROL_PLANE_DIR:-$HOME/.cache/osbuild-controller/smoke-run}
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 cp="$repo/scripts/control-plane"
 keep=${1:-}
