@@ -116,6 +116,12 @@ pub struct RunArgs {
     /// Compute and log every change; write nothing (no labels, no events).
     #[arg(long, env = "OSBUILD_DRY_RUN")]
     pub dry_run: bool,
+    /// Also record each OS-mismatch finding as an annotation on the pod (needs RBAC to patch pods).
+    #[arg(long, env = "OSBUILD_ANNOTATE_PODS")]
+    pub annotate_pods: bool,
+    /// Watch pods (and their sandbox Events) in this namespace only; all namespaces by default.
+    #[arg(long, env = "OSBUILD_NAMESPACE")]
+    pub namespace: Option<String>,
     /// Only watch nodes matching this label selector (e.g. "kubernetes.io/os=windows"); all nodes by default.
     #[arg(long, env = "OSBUILD_NODE_SELECTOR")]
     pub node_selector: Option<String>,

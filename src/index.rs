@@ -15,14 +15,80 @@ use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
+use crate::core::catalog::release_for_build;
+use crate::core::compat::process_isolation_builds;
 use crate::core::labels::LabelKeys;
+use crate::core::labels::osbuild_value;
+use crate::core::version::{KernelVersion, WindowsVersion, parse_kernel_version};
 use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::nodes::ownership::applied_label_keys;
-use crate::nodes::plan::{OS_LABEL, is_opted_out, kernel_version};
+use crate::ownership::applied_label_keys;
+
+/// The kubelet's OS label; either it or `status.nodeInfo.operatingSystem` marks a Windows node.
+pub const OS_LABEL: &str = "kubernetes.io/os";
+
+pub fn is_windows(node: &Node) -> bool {
+    let reported = node
+        .status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .is_some_and(|i| i.operating_system.eq_ignore_ascii_case("windows"));
+    let labelled = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OS_LABEL))
+        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
+    reported || labelled
+}
+
+pub fn kernel_version(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map_or("", |i| i.kernel_version.as_str())
+}
+
+pub fn is_opted_out(node: &Node, keys: &LabelKeys) -> bool {
+    node.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(&keys.ignore_annotation()))
+}
 
 /// The name of the Node watch in readiness reports and metrics.
 pub const NODE_WATCH: &str = "nodes";
+
+/// What the pod half needs to know of the node a pod runs on, derived from the index (never from the node
+/// controller, so each half can be read alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub windows: bool,
+    /// The host's version when its kernelVersion parsed.
+    pub version: Option<WindowsVersion>,
+    pub osbuild: Option<String>,
+    pub release: Option<&'static str>,
+    /// Image builds the host runs with process isolation.
+    pub process_isolation_builds: Vec<u32>,
+}
+
+pub fn node_facts(node: &Node) -> NodeFacts {
+    let version = match parse_kernel_version(kernel_version(node)) {
+        Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
+        _ => None,
+    };
+    NodeFacts {
+        windows: is_windows(node),
+        version,
+        osbuild: version.and_then(|v| osbuild_value(v).ok()),
+        release: version
+            .and_then(|v| release_for_build(v.build))
+            .map(|r| r.id),
+        process_isolation_builds: version
+            .map(|v| process_isolation_builds(v.build))
+            .unwrap_or_default(),
+    }
+}
 
 /// Keeps what the controllers read: name, uid, resourceVersion, the OS label and our labels, our ignore
 /// annotation, our own managedFields entry, and nodeInfo's kernelVersion and operatingSystem.
@@ -81,7 +147,11 @@ pub fn node_inputs_hash(node: &Node, keys: &LabelKeys, manager: &str) -> u64 {
     h.finish()
 }
 
-/// Starts the Node watch: returns the store (ready once the first list is in) and the stream of Nodes whose
+/// Becomes `true` once the Node watch has listed every node. (Not `Store::wait_until_ready`: in kube-runtime
+/// 5.0 it wakes only the last of several concurrent waiters, and the controller is already one.)
+pub type NodesSynced = tokio::sync::watch::Receiver<bool>;
+
+/// Starts the Node watch: returns the store, a signal that it has synced, and the stream of Nodes whose
 /// inputs changed. Watch errors are logged, counted and shown in readiness, then retried with backoff; they
 /// still flow on to the controller so nothing is silently dropped.
 pub fn watch_nodes(
@@ -93,15 +163,20 @@ pub fn watch_nodes(
     metrics: Metrics,
 ) -> (
     Store<Node>,
+    NodesSynced,
     impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
 ) {
     health.register_watch(NODE_WATCH);
     let (reader, writer) = reflector::store();
+    let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let trim_keys = keys.clone();
     let stream = watcher(api, config)
         .default_backoff()
         .map(move |event| {
             observe_watch(&health, &metrics, NODE_WATCH, &event);
+            if let Ok(watcher::Event::InitDone) = event {
+                synced_tx.send_replace(true);
+            }
             event
         })
         .modify(move |node| trim_node(node, &trim_keys, manager))
@@ -112,7 +187,7 @@ pub fn watch_nodes(
             // Evicting a cached hash only costs one extra reconcile, so the default TTL (1h) is fine.
             kube::runtime::PredicateConfig::default(),
         );
-    (reader, stream)
+    (reader, synced_rx, stream)
 }
 
 /// Feeds a watch event into readiness and metrics.

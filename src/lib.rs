@@ -3,11 +3,14 @@
 
 pub mod cli;
 pub mod core;
+pub mod events;
 pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod nodes;
 pub mod offline;
+pub mod ownership;
+pub mod pods;
 pub mod run;
 pub mod server;
 pub mod telemetry;

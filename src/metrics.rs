@@ -21,6 +21,8 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     pub watch_errors: IntCounterVec,
     pub watch_up: IntGaugeVec,
+    pub pod_os_mismatch: IntGaugeVec,
+    pub pod_os_mismatch_detections: IntCounterVec,
 }
 
 /// Why a Windows node has no osbuild label: the `reason` of `osbuild_nodes_unlabelled`.
@@ -85,6 +87,20 @@ impl Metrics {
                 ),
                 &["resource"],
             )?,
+            pod_os_mismatch: IntGaugeVec::new(
+                opts(
+                    "pod_os_mismatch",
+                    "1 while a pod's container (or sandbox) fails with the Windows OS-version mismatch; the series goes away on recovery.",
+                ),
+                &["namespace", "pod", "container", "node", "osbuild"],
+            )?,
+            pod_os_mismatch_detections: IntCounterVec::new(
+                opts(
+                    "pod_os_mismatch_detections_total",
+                    "OS-version mismatch failure episodes detected, by namespace.",
+                ),
+                &["namespace"],
+            )?,
             registry,
         };
         let r = &metrics.registry;
@@ -97,6 +113,8 @@ impl Metrics {
         r.register(Box::new(metrics.reconcile_duration.clone()))?;
         r.register(Box::new(metrics.watch_errors.clone()))?;
         r.register(Box::new(metrics.watch_up.clone()))?;
+        r.register(Box::new(metrics.pod_os_mismatch.clone()))?;
+        r.register(Box::new(metrics.pod_os_mismatch_detections.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(

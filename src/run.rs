@@ -1,5 +1,6 @@
 //! `osbuild-controller run`: wires the controller process. One kube client, one Node watch (the index),
-//! one metrics registry, one shutdown signal; the HTTP server and the node controller run side by side.
+//! one metrics registry, one shutdown signal; the HTTP server, the node controller and the pod detector run
+//! side by side, and a loop that ends outside shutdown fails liveness.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -19,6 +20,7 @@ use crate::health::Health;
 use crate::index;
 use crate::metrics::Metrics;
 use crate::nodes::{self, MANAGER, NodeContext};
+use crate::pods::{self, PodContext};
 use crate::server::{self, ServerState};
 
 pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
@@ -40,6 +42,8 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         dry_run = args.dry_run,
         force_conflicts = args.force_conflicts,
         node_selector = args.node_selector.as_deref().unwrap_or(""),
+        namespace = args.namespace.as_deref().unwrap_or("(all)"),
+        annotate_pods = args.annotate_pods,
         resync_interval = ?args.resync_interval,
         "starting osbuild-controller {}",
         env!("CARGO_PKG_VERSION")
@@ -49,7 +53,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     if let Some(selector) = &args.node_selector {
         watch_config = watch_config.labels(selector);
     }
-    let (store, changed_nodes) = index::watch_nodes(
+    let (store, nodes_synced, changed_nodes) = index::watch_nodes(
         Api::<Node>::all(client.clone()),
         watch_config,
         keys.clone(),
@@ -83,6 +87,28 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
+    let pod_ctx = Arc::new(PodContext {
+        client: client.clone(),
+        nodes: store.clone(),
+        nodes_synced,
+        keys: keys.clone(),
+        metrics: metrics.clone(),
+        recorder: Recorder::new(client.clone(), reporter()),
+        dry_run: args.dry_run,
+        annotate: args.annotate_pods,
+        namespace: args.namespace.clone(),
+    });
+    let pod_detector = {
+        let (health, shutdown) = (health.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            pods::run(pod_ctx, health.clone(), shutdown.clone()).await;
+            if !shutdown.is_cancelled() {
+                tracing::error!("the pod detector stopped unexpectedly");
+                health.loop_ended("pod-detector");
+            }
+        })
+    };
+
     let controller = Controller::for_stream(changed_nodes, store)
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(100)))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
@@ -100,6 +126,9 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     if unexpected {
         health.loop_ended("node-controller");
         shutdown.cancel();
+    }
+    if let Err(err) = pod_detector.await {
+        tracing::error!(error = %err, "the pod detector task failed");
     }
     match server.await {
         Ok(Ok(())) => {}

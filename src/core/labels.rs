@@ -91,6 +91,10 @@ impl LabelKeys {
     pub fn ignore_annotation(&self) -> String {
         format!("{}/ignore", self.prefix)
     }
+    /// The pod annotation that carries an OS-mismatch finding (with `--annotate-pods`).
+    pub fn mismatch_annotation(&self) -> String {
+        format!("{}/os-mismatch", self.prefix)
+    }
     /// Whether a label key is one this controller sets (the osbuild key or any key under our prefix).
     pub fn is_ours(&self, key: &str) -> bool {
         key == self.osbuild

@@ -5,6 +5,7 @@
 
 pub mod catalog;
 pub mod compat;
+pub mod image;
 pub mod labels;
 pub mod mismatch;
 pub mod version;

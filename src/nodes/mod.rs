@@ -4,7 +4,6 @@
 //! labels we want under field manager [`MANAGER`]; the API server removes labels we applied before and no
 //! longer send, and never touches labels of other managers.
 
-pub mod ownership;
 pub mod plan;
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -14,13 +13,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use kube::runtime::reflector::Store;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::core::labels::LabelKeys;
+use crate::events::{api_error_category, publish_warning};
 use crate::metrics::Metrics;
-use ownership::applied_label_keys;
+use crate::ownership::applied_label_keys;
 use plan::{NodeState, plan};
 
 /// Our field manager for server-side apply, and the controller name on Events.
@@ -59,24 +59,6 @@ impl NodeError {
     }
 }
 
-/// Static categories for API errors, so metrics and logs group them without unbounded label values.
-pub fn api_error_category(err: &kube::Error) -> &'static str {
-    match err {
-        kube::Error::Api(status) => match status.code {
-            401 => "unauthorized",
-            403 => "forbidden",
-            404 => "not_found",
-            409 => "conflict",
-            422 => "invalid",
-            429 => "throttled",
-            500..=599 => "server_error",
-            _ => "api_other",
-        },
-        kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
-        _ => "client",
-    }
-}
-
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let name = node.name_any();
@@ -85,14 +67,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action,
 
     if let Some(warning) = plan.warning() {
         tracing::warn!(node = %name, reason = warning.reason, "{}", warning.message);
-        publish(
-            &ctx,
-            &node,
-            EventType::Warning,
-            warning.reason,
-            warning.message,
-        )
-        .await;
+        publish(&ctx, &node, warning.reason, warning.message).await;
     }
     let Some(desired) = plan.desired else {
         tracing::debug!(node = %name, "kernelVersion not reported yet; waiting");
@@ -135,7 +110,7 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action,
                 status.message
             );
             tracing::warn!(node = %name, "{message}");
-            publish(&ctx, &node, EventType::Warning, "LabelConflict", message).await;
+            publish(&ctx, &node, "LabelConflict", message).await;
             Ok(requeue)
         }
         Err(source) => Err(NodeError::Apply { node: name, source }),
@@ -206,37 +181,19 @@ fn set_conflicted(ctx: &NodeContext, name: &str, conflicted: bool) {
     ctx.metrics.nodes_in_conflict.set(set.len() as i64);
 }
 
-async fn publish(ctx: &NodeContext, node: &Node, type_: EventType, reason: &str, note: String) {
-    if ctx.dry_run {
-        return;
+async fn publish(ctx: &NodeContext, node: &Node, reason: &str, note: String) {
+    if !ctx.dry_run {
+        let reference = node.object_ref(&());
+        publish_warning(
+            &ctx.recorder,
+            &ctx.metrics,
+            &reference,
+            reason,
+            "LabelNode",
+            note,
+        )
+        .await;
     }
-    let event = Event {
-        type_,
-        reason: reason.to_owned(),
-        note: Some(truncate(note, 1024)),
-        action: "LabelNode".to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = ctx.recorder.publish(&event, &node.object_ref(&())).await {
-        ctx.metrics
-            .reconcile_errors
-            .with_label_values(&["event"])
-            .inc();
-        tracing::warn!(node = %node.name_any(), error = %err, "cannot publish event");
-    }
-}
-
-/// Events carry at most 1 kB of note.
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max - 3;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-        text.push_str("...");
-    }
-    text
 }
 
 /// Recomputes the node gauges from the store: Windows nodes by osbuild and release, and unlabelled ones by
@@ -326,12 +283,5 @@ mod tests {
             &set(&["a", "c"]),
         );
         assert_eq!(d, "~a=1->2 +b=1 -c");
-    }
-
-    #[test]
-    fn truncation_respects_char_boundaries() {
-        // 1021 bytes would split a two-byte "é", so the cut falls at 1020, then "..." is added.
-        assert_eq!(truncate("é".repeat(600), 1024).len(), 1023);
-        assert_eq!(truncate("short".into(), 1024), "short");
     }
 }

@@ -8,9 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use crate::core::catalog::release_for_build;
 use crate::core::labels::{LabelKeys, LabelProblem, node_labels, osbuild_value};
 use crate::core::version::{KernelVersion, parse_kernel_version};
-
-/// The kubelet's OS label; either it or `status.nodeInfo.operatingSystem` marks a Windows node.
-pub const OS_LABEL: &str = "kubernetes.io/os";
+use crate::index::{is_opted_out, is_windows, kernel_version};
 
 /// Where a node stands, as far as our labels go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,35 +60,6 @@ impl NodePlan {
             _ => None,
         }
     }
-}
-
-pub fn is_windows(node: &Node) -> bool {
-    let reported = node
-        .status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .is_some_and(|i| i.operating_system.eq_ignore_ascii_case("windows"));
-    let labelled = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(OS_LABEL))
-        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
-    reported || labelled
-}
-
-pub fn kernel_version(node: &Node) -> &str {
-    node.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map_or("", |i| i.kernel_version.as_str())
-}
-
-pub fn is_opted_out(node: &Node, keys: &LabelKeys) -> bool {
-    node.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(&keys.ignore_annotation()))
 }
 
 pub fn plan(node: &Node, keys: &LabelKeys) -> NodePlan {
@@ -181,6 +150,7 @@ mod tests {
 
     #[test]
     fn os_label_alone_marks_windows() {
+        use crate::index::OS_LABEL;
         let mut n = node("", "10.0.20348.1");
         n.metadata.labels = Some([(OS_LABEL.to_owned(), "windows".to_owned())].into());
         assert!(matches!(

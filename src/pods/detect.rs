@@ -1,0 +1,248 @@
+//! Finds the OS-version mismatch in a Pod's status or in a sandbox Event (DOMAIN.md §4). Pure: no I/O.
+//!
+//! Shapes, all classified by the core classifier:
+//! - Docker era: `lastState.terminated` reason `ContainerCannotRun` with the 0xc0370101 message, then
+//!   `waiting: CrashLoopBackOff`;
+//! - containerd: `waiting: RunContainerError` or `lastState.terminated` reason `StartError`, then
+//!   `CrashLoopBackOff`;
+//! - init containers as well as containers;
+//! - the pod sandbox: a `FailedCreatePodSandBox` Event on the Pod (the pod stays in ContainerCreating).
+
+use k8s_openapi::api::core::v1::{ContainerStatus, Event as CoreEvent, Pod};
+
+use crate::core::mismatch::{Variant, classify};
+
+/// The `container` of a sandbox finding: container names are DNS labels, so this can never clash.
+pub const SANDBOX: &str = "(sandbox)";
+
+/// The Event reason the kubelet gives a failed sandbox.
+pub const SANDBOX_EVENT_REASON: &str = "FailedCreatePodSandBox";
+
+/// A container (or the sandbox) currently failing with the mismatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub container: String,
+    pub image: String,
+    pub variant: Variant,
+}
+
+/// Every container of the pod whose current failure is the mismatch. A container that runs again has
+/// recovered, even while `lastState` still shows the old failure.
+pub fn active_failures(pod: &Pod) -> Vec<Failure> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    let statuses = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten());
+    statuses
+        .filter_map(|cs| failure_of(cs).map(|variant| (cs, variant)))
+        .map(|(cs, variant)| Failure {
+            container: cs.name.clone(),
+            image: spec_image(pod, &cs.name).unwrap_or_else(|| cs.image.clone()),
+            variant,
+        })
+        .collect()
+}
+
+fn failure_of(cs: &ContainerStatus) -> Option<Variant> {
+    let state = cs.state.as_ref();
+    if state.and_then(|s| s.running.as_ref()).is_some() {
+        return None;
+    }
+    let current = [
+        state
+            .and_then(|s| s.waiting.as_ref())
+            .and_then(|w| w.message.as_deref()),
+        state
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.as_deref()),
+        cs.last_state
+            .as_ref()
+            .and_then(|s| s.terminated.as_ref())
+            .and_then(|t| t.message.as_deref()),
+    ];
+    current
+        .into_iter()
+        .flatten()
+        .find_map(|message| classify(message).variant)
+}
+
+/// The image as the user wrote it in the spec (the status may show a resolved digest).
+fn spec_image(pod: &Pod, container: &str) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    spec.init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .find(|c| c.name == container)
+        .and_then(|c| c.image.clone())
+}
+
+/// The pod's first container image: what a sandbox failure is reported against.
+pub fn main_image(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default()
+}
+
+/// Whether the pod's sandbox is up: some container runs, or the pod has finished.
+pub fn sandbox_recovered(pod: &Pod) -> bool {
+    let Some(status) = pod.status.as_ref() else {
+        return false;
+    };
+    let running = status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .any(|cs| cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
+    running
+        || matches!(
+            status.phase.as_deref(),
+            Some("Running" | "Succeeded" | "Failed")
+        )
+}
+
+/// The pod a sandbox Event is about, when it carries the mismatch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxFailure {
+    pub namespace: String,
+    pub pod: String,
+    pub uid: Option<String>,
+    pub variant: Variant,
+}
+
+pub fn sandbox_failure(event: &CoreEvent) -> Option<SandboxFailure> {
+    if event.reason.as_deref() != Some(SANDBOX_EVENT_REASON) {
+        return None;
+    }
+    let object = &event.involved_object;
+    if object.kind.as_deref() != Some("Pod") {
+        return None;
+    }
+    let variant = classify(event.message.as_deref()?).variant?;
+    Some(SandboxFailure {
+        namespace: object.namespace.clone()?,
+        pod: object.name.clone()?,
+        uid: object.uid.clone(),
+        variant,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    // DOMAIN.md §4 and the seed's `kubectl describe` output.
+    const DOCKER: &str = "container 5b41 encountered an error during CreateContainer: failure in a Windows system call: The operating system of the container does not match the operating system of the host. (0xc0370101)";
+    const CONTAINERD: &str = "failed to create containerd task: failed to create shim task: hcs::CreateComputeSystem app: The container operating system does not match the host operating system.: unknown";
+
+    fn pod(status: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": "p", "namespace": "n"},
+            "spec": {
+                "initContainers": [{"name": "init", "image": "example/init:ltsc2019"}],
+                "containers": [{"name": "app", "image": "example/app:ltsc2022"}]
+            },
+            "status": status
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn docker_era_crash_loop() {
+        let p = pod(json!({"containerStatuses": [{
+            "name": "app", "image": "sha256:abc", "imageID": "", "ready": false, "restartCount": 3,
+            "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+            "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": DOCKER}}
+        }]}));
+        let failures = active_failures(&p);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(failures[0].container, "app");
+        assert_eq!(
+            failures[0].image, "example/app:ltsc2022",
+            "the spec's image, not the status digest"
+        );
+        assert_eq!(failures[0].variant, Variant::Hcs0xc0370101);
+    }
+
+    #[test]
+    fn containerd_run_container_error_on_an_init_container() {
+        let p = pod(json!({"initContainerStatuses": [{
+            "name": "init", "image": "example/init:ltsc2019", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "RunContainerError", "message": CONTAINERD}}
+        }]}));
+        let failures = active_failures(&p);
+        assert_eq!(failures.len(), 1);
+        assert_eq!(
+            (failures[0].container.as_str(), failures[0].variant),
+            ("init", Variant::Containerd)
+        );
+    }
+
+    #[test]
+    fn running_again_is_recovered_even_with_the_old_last_state() {
+        let p = pod(json!({"containerStatuses": [{
+            "name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 4,
+            "state": {"running": {"startedAt": "2026-11-23T00:00:00Z"}},
+            "lastState": {"terminated": {"reason": "StartError", "exitCode": 128, "message": CONTAINERD}}
+        }]}));
+        assert!(active_failures(&p).is_empty());
+        assert!(sandbox_recovered(&p));
+    }
+
+    #[test]
+    fn other_crash_loops_are_not_failures() {
+        for (reason, message, code) in [
+            ("Error", "exit status 1", 1),
+            ("OOMKilled", "", 137),
+            (
+                "StartError",
+                "hcs::CreateComputeSystem app: The system cannot find the file specified. (0x2)",
+                128,
+            ),
+        ] {
+            let p = pod(json!({"containerStatuses": [{
+                "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 2,
+                "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                "lastState": {"terminated": {"reason": reason, "exitCode": code, "message": message}}
+            }]}));
+            assert!(active_failures(&p).is_empty(), "{reason}");
+        }
+    }
+
+    #[test]
+    fn sandbox_event() {
+        let event = |reason: &str, kind: &str, message: &str| -> CoreEvent {
+            serde_json::from_value(json!({
+                "metadata": {"name": "e", "namespace": "n"},
+                "involvedObject": {"kind": kind, "name": "p", "namespace": "n", "uid": "u1"},
+                "reason": reason, "message": message, "type": "Warning"
+            }))
+            .unwrap()
+        };
+        let message =
+            format!("Failed to create pod sandbox: rpc error: code = Unknown desc = {CONTAINERD}");
+        let found = sandbox_failure(&event(SANDBOX_EVENT_REASON, "Pod", &message)).unwrap();
+        assert_eq!(
+            (found.pod.as_str(), found.uid.as_deref(), found.variant),
+            ("p", Some("u1"), Variant::Containerd)
+        );
+        assert_eq!(sandbox_failure(&event("BackOff", "Pod", &message)), None);
+        assert_eq!(
+            sandbox_failure(&event(SANDBOX_EVENT_REASON, "Node", &message)),
+            None
+        );
+        let cni = "Failed to create pod sandbox: rpc error: code = Unknown desc = failed to setup network for sandbox: plugin type=\"win-overlay\" failed (add): error while adding HostComputeEndpoint";
+        assert_eq!(
+            sandbox_failure(&event(SANDBOX_EVENT_REASON, "Pod", cni)),
+            None
+        );
+    }
+}

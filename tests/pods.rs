@@ -1,0 +1,428 @@
+//! The pod OS-mismatch detector against the real kube-apiserver. Pods are bound to test nodes directly
+//! (spec.nodeName) and their status is set through the status subresource, as a kubelet would.
+//! Messages are real ones from tests/data/error_messages.json, where each carries its source URL.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, ResourceExt};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::{Controller, TIMEOUT, TestEnv, consistently, eventually};
+
+#[derive(Deserialize)]
+struct MessageCase {
+    message: String,
+    os_mismatch: bool,
+    variant: Option<String>,
+    source: String,
+}
+
+/// The first real message of a variant (or of a look-alike whose text contains `look_alike`).
+fn real_message(variant: Option<&str>, look_alike: &str) -> String {
+    let cases: Vec<MessageCase> =
+        serde_json::from_str(include_str!("data/error_messages.json")).unwrap();
+    let case = cases
+        .into_iter()
+        .find(|c| match variant {
+            Some(v) => c.os_mismatch && c.variant.as_deref() == Some(v),
+            None => !c.os_mismatch && c.message.contains(look_alike),
+        })
+        .unwrap_or_else(|| panic!("no real message for {variant:?} / {look_alike:?}"));
+    assert!(case.source.starts_with("https://"));
+    case.message
+}
+
+async fn create_pod(env: &TestEnv, name: &str, node: &str, image: &str, init: bool) -> Pod {
+    let mut spec = json!({
+        "nodeName": node,
+        "containers": [{"name": "app", "image": image}],
+    });
+    if init {
+        spec["initContainers"] = json!([{"name": "setup", "image": image}]);
+    }
+    let pod: Pod =
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap();
+    env.pods()
+        .create(&PostParams::default(), &pod)
+        .await
+        .expect("create pod")
+}
+
+fn waiting(container: &str, image: &str, reason: &str, message: &str, restarts: i32) -> Value {
+    json!({"name": container, "image": image, "imageID": "", "ready": false, "restartCount": restarts,
+           "state": {"waiting": {"reason": reason, "message": message}}})
+}
+
+fn crash_loop(
+    container: &str,
+    image: &str,
+    last_reason: &str,
+    message: &str,
+    restarts: i32,
+) -> Value {
+    json!({"name": container, "image": image, "imageID": "", "ready": false, "restartCount": restarts,
+           "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+           "lastState": {"terminated": {"reason": last_reason, "exitCode": 128, "message": message,
+                                        "startedAt": "2026-11-23T00:00:00Z", "finishedAt": format!("2026-11-23T00:00:{:02}Z", restarts % 60)}}})
+}
+
+fn running(container: &str, image: &str) -> Value {
+    json!({"name": container, "image": image, "imageID": "", "ready": true, "restartCount": 5,
+           "state": {"running": {"startedAt": "2026-11-23T01:00:00Z"}}})
+}
+
+async fn mismatch_events(env: &TestEnv, pod: &str) -> Vec<Event> {
+    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
+        .list(&ListParams::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod))
+        .filter(|e| e.reason.as_deref() == Some("OSVersionMismatch"))
+        .collect()
+}
+
+async fn wait_flagged(env: &TestEnv, controller: &Controller, pod: &str, container: &str) -> Event {
+    let event = eventually(
+        &format!("OSVersionMismatch event on {pod}"),
+        TIMEOUT,
+        || async { mismatch_events(env, pod).await.into_iter().next() },
+    )
+    .await;
+    let gauge = controller
+        .metric(
+            "osbuild_pod_os_mismatch",
+            &[
+                ("namespace", &env.namespace),
+                ("pod", pod),
+                ("container", container),
+            ],
+        )
+        .await;
+    assert_eq!(gauge, Some(1.0), "gauge for {pod}/{container}");
+    event
+}
+
+async fn gauge(controller: &Controller, env: &TestEnv, pod: &str) -> Option<f64> {
+    controller
+        .metric(
+            "osbuild_pod_os_mismatch",
+            &[("namespace", &env.namespace), ("pod", pod)],
+        )
+        .await
+}
+
+#[tokio::test]
+async fn docker_era_container_cannot_run_is_flagged_with_its_remediation() {
+    let env = TestEnv::new("pods-docker").await;
+    let node = env
+        .create_windows_node(
+            "ws2016",
+            "10.0 14393 (14393.1715.amd64fre.rs1_release_inmarket.170906-1810)",
+        )
+        .await;
+    let controller = Controller::start(&env, &["--annotate-pods"]).await;
+    let image = "microsoft/windowsservercore:10.0.14393.1944";
+    create_pod(&env, "web", &node, image, false).await;
+    let message = real_message(Some("hcs-0xc0370101"), "");
+    env.set_pod_status("web", json!({"phase": "Pending", "containerStatuses": [crash_loop("app", image, "ContainerCannotRun", &message, 3)]})).await;
+
+    let event = wait_flagged(&env, &controller, "web", "app").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    for part in [
+        "Container \"app\"",
+        image,
+        &node,
+        "osbuild 14393.1715",
+        "release ltsc2016",
+        "process-isolation-14393.1944",
+    ] {
+        assert!(note.contains(part), "event note lacks {part:?}: {note}");
+    }
+    let pod = env.pods().get("web").await.unwrap();
+    let annotation = pod
+        .annotations()
+        .get("osbuild-controller.io/os-mismatch")
+        .cloned()
+        .unwrap_or_default();
+    let findings: Value = serde_json::from_str(&annotation).expect("annotation is JSON");
+    assert_eq!(findings[0]["container"], "app");
+    assert_eq!(findings[0]["variant"], "hcs-0xc0370101");
+    assert_eq!(
+        controller
+            .metric(
+                "osbuild_pod_os_mismatch_detections_total",
+                &[("namespace", &env.namespace)]
+            )
+            .await,
+        Some(1.0)
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn containerd_run_container_error_and_start_error_are_flagged() {
+    let env = TestEnv::new("pods-containerd").await;
+    let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &[]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    let message = real_message(Some("containerd"), "");
+
+    create_pod(&env, "waiting", &node, image, false).await;
+    env.set_pod_status(
+        "waiting",
+        json!({"containerStatuses": [waiting("app", image, "RunContainerError", &message, 0)]}),
+    )
+    .await;
+    let event = wait_flagged(&env, &controller, "waiting", "app").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("process-isolation-20348")
+    );
+
+    create_pod(&env, "laststate", &node, image, false).await;
+    env.set_pod_status(
+        "laststate",
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 2)]}),
+    )
+    .await;
+    wait_flagged(&env, &controller, "laststate", "app").await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn hcsshim_init_container_is_flagged() {
+    let env = TestEnv::new("pods-init").await;
+    let node = env.create_windows_node("ws2022", "10.0.20348.2700").await;
+    let controller = Controller::start(&env, &[]).await;
+    let image = "mcr.microsoft.com/windows/nanoserver:ltsc2025";
+    create_pod(&env, "init", &node, image, true).await;
+    let message = real_message(Some("hcsshim"), "");
+    env.set_pod_status("init", json!({"initContainerStatuses": [crash_loop("setup", image, "ContainerCannotRun", &message, 1)]})).await;
+    let event = wait_flagged(&env, &controller, "init", "setup").await;
+    assert!(
+        event
+            .note
+            .unwrap_or_default()
+            .contains("newer than the host")
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn failed_sandbox_event_is_flagged_and_recovery_clears_it() {
+    let env = TestEnv::new("pods-sandbox").await;
+    let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &["--annotate-pods"]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    let pod = create_pod(&env, "sandbox", &node, image, false).await;
+    // The kubelet's Event for a sandbox that cannot start; the message is containerd's (DOMAIN.md §4).
+    let message = format!(
+        "Failed to create pod sandbox: rpc error: code = Unknown desc = {}",
+        real_message(Some("containerd"), "")
+    );
+    let event: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "sandbox.1"},
+        "involvedObject": {"kind": "Pod", "name": "sandbox", "namespace": env.namespace, "uid": pod.uid(), "apiVersion": "v1"},
+        "reason": "FailedCreatePodSandBox", "message": message, "type": "Warning",
+        "source": {"component": "kubelet", "host": node}
+    }))
+    .unwrap();
+    Api::<CoreEvent>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &event)
+        .await
+        .unwrap();
+    let flagged = wait_flagged(&env, &controller, "sandbox", "(sandbox)").await;
+    assert!(
+        flagged
+            .note
+            .unwrap_or_default()
+            .starts_with("The pod sandbox")
+    );
+
+    // The sandbox comes up (e.g. the pod was fixed in place): the gauge and the annotation go away.
+    env.set_pod_status(
+        "sandbox",
+        json!({"phase": "Running", "containerStatuses": [running("app", image)]}),
+    )
+    .await;
+    eventually("gauge cleared", TIMEOUT, || async {
+        gauge(&controller, &env, "sandbox")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    eventually("annotation removed", TIMEOUT, || async {
+        let pod = env.pods().get("sandbox").await.ok()?;
+        (!pod
+            .annotations()
+            .contains_key("osbuild-controller.io/os-mismatch"))
+        .then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn restarts_do_not_flag_again_and_recovery_clears_the_gauge() {
+    let env = TestEnv::new("pods-restarts").await;
+    let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &[]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    let message = real_message(Some("containerd"), "");
+    create_pod(&env, "loop", &node, image, false).await;
+    for restarts in 1..=4 {
+        env.set_pod_status("loop", json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, restarts)]})).await;
+        if restarts == 1 {
+            wait_flagged(&env, &controller, "loop", "app").await;
+        }
+    }
+    consistently(
+        "one event, one detection",
+        Duration::from_secs(2),
+        || async {
+            let events = mismatch_events(&env, "loop").await;
+            events.len() == 1 && events[0].series.is_none()
+        },
+    )
+    .await;
+    assert_eq!(
+        controller
+            .metric(
+                "osbuild_pod_os_mismatch_detections_total",
+                &[("namespace", &env.namespace)]
+            )
+            .await,
+        Some(1.0)
+    );
+    env.set_pod_status(
+        "loop",
+        json!({"containerStatuses": [running("app", image)]}),
+    )
+    .await;
+    eventually("gauge cleared", TIMEOUT, || async {
+        gauge(&controller, &env, "loop")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+
+    // Deleting a flagged pod also removes its series.
+    create_pod(&env, "doomed", &node, image, false).await;
+    env.set_pod_status(
+        "doomed",
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 1)]}),
+    )
+    .await;
+    wait_flagged(&env, &controller, "doomed", "app").await;
+    env.pods()
+        .delete("doomed", &Default::default())
+        .await
+        .unwrap();
+    eventually("gauge of the deleted pod cleared", TIMEOUT, || async {
+        gauge(&controller, &env, "doomed")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn other_crash_loops_and_linux_pods_are_not_flagged() {
+    let env = TestEnv::new("pods-negative").await;
+    let windows = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let linux = env
+        .create_node("linux", "linux", "5.15.0-1049-azure", &[])
+        .await;
+    let controller = Controller::start(&env, &[]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2019";
+    let not_found = real_message(None, "The system cannot find the file specified");
+    let cases = [
+        (
+            "hcs-0x2",
+            crash_loop("app", image, "StartError", &not_found, 3),
+        ),
+        (
+            "exit-1",
+            crash_loop("app", image, "Error", "exit status 1", 3),
+        ),
+        ("oom", crash_loop("app", image, "OOMKilled", "", 3)),
+    ];
+    for (name, status) in &cases {
+        create_pod(&env, name, &windows, image, false).await;
+        env.set_pod_status(name, json!({"containerStatuses": [status]}))
+            .await;
+    }
+    // A mismatch message on a Linux node is not ours to judge.
+    create_pod(&env, "on-linux", &linux, image, false).await;
+    let message = real_message(Some("containerd"), "");
+    env.set_pod_status(
+        "on-linux",
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 3)]}),
+    )
+    .await;
+    // A control pod proves the detector is watching: it must be flagged.
+    create_pod(
+        &env,
+        "control",
+        &windows,
+        "mcr.microsoft.com/windows/servercore:ltsc2022",
+        false,
+    )
+    .await;
+    env.set_pod_status(
+        "control",
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 3)]}),
+    )
+    .await;
+    wait_flagged(&env, &controller, "control", "app").await;
+
+    for name in ["hcs-0x2", "exit-1", "oom", "on-linux"] {
+        assert!(
+            mismatch_events(&env, name).await.is_empty(),
+            "{name} was flagged"
+        );
+        assert_eq!(
+            gauge(&controller, &env, name).await,
+            None,
+            "{name} has a gauge"
+        );
+    }
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn namespace_flag_limits_the_watch() {
+    let env = TestEnv::new("pods-namespace").await;
+    let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &["--namespace", "kube-system"]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    create_pod(&env, "elsewhere", &node, image, false).await;
+    let message = real_message(Some("containerd"), "");
+    env.set_pod_status(
+        "elsewhere",
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 1)]}),
+    )
+    .await;
+    consistently(
+        "not flagged outside --namespace",
+        Duration::from_secs(2),
+        || async { mismatch_events(&env, "elsewhere").await.is_empty() },
+    )
+    .await;
+    assert_eq!(gauge(&controller, &env, "elsewhere").await, None);
+    env.cleanup().await;
+}
