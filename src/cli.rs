@@ -122,6 +122,18 @@ pub struct RunArgs {
     /// Watch pods (and their sandbox Events) in this namespace only; all namespaces by default.
     #[arg(long, env = "OSBUILD_NAMESPACE")]
     pub namespace: Option<String>,
+    /// Elect a leader on a coordination.k8s.io Lease: only the leader writes; other replicas stay warm.
+    #[arg(long, env = "OSBUILD_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, env = "OSBUILD_LEASE_NAME", default_value = "osbuild-controller")]
+    pub lease_name: String,
+    /// Namespace of the Lease; defaults to $POD_NAMESPACE, else "default".
+    #[arg(long, env = "OSBUILD_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long a leader's lease lasts without renewal before another replica may take over.
+    #[arg(long, env = "OSBUILD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
     /// Only watch nodes matching this label selector (e.g. "kubernetes.io/os=windows"); all nodes by default.
     #[arg(long, env = "OSBUILD_NODE_SELECTOR")]
     pub node_selector: Option<String>,

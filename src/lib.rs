@@ -6,6 +6,7 @@ pub mod core;
 pub mod events;
 pub mod health;
 pub mod index;
+pub mod lease;
 pub mod metrics;
 pub mod nodes;
 pub mod offline;

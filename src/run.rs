@@ -18,6 +18,7 @@ use crate::cli::RunArgs;
 use crate::core::labels::LabelKeys;
 use crate::health::Health;
 use crate::index;
+use crate::lease::{self, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::nodes::{self, MANAGER, NodeContext};
 use crate::pods::{self, PodContext};
@@ -44,6 +45,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         node_selector = args.node_selector.as_deref().unwrap_or(""),
         namespace = args.namespace.as_deref().unwrap_or("(all)"),
         annotate_pods = args.annotate_pods,
+        leader_elect = args.leader_elect,
         resync_interval = ?args.resync_interval,
         "starting osbuild-controller {}",
         env!("CARGO_PKG_VERSION")
@@ -61,6 +63,34 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         health.clone(),
         metrics.clone(),
     );
+    let leadership = if args.leader_elect {
+        Leadership::follower()
+    } else {
+        Leadership::always_leader()
+    };
+    // Released only after both writers have stopped, so two replicas never write at once.
+    let lease_shutdown = CancellationToken::new();
+    let election = args.leader_elect.then(|| {
+        let namespace = args
+            .lease_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".to_owned());
+        let config = LeaseConfig {
+            name: args.lease_name.clone(),
+            identity: identity(),
+            lease_duration: args.lease_duration,
+            namespace: namespace.clone(),
+        };
+        tracing::info!(lease = %config.name, namespace = %namespace, identity = %config.identity, "leader election on");
+        tokio::spawn(lease::run(
+            Api::namespaced(client.clone(), &namespace),
+            config,
+            leadership.clone(),
+            lease_shutdown.clone(),
+        ))
+    });
+
     let ctx = Arc::new(NodeContext {
         api: Api::all(client.clone()),
         keys: keys.clone(),
@@ -69,6 +99,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         force_conflicts: args.force_conflicts,
         dry_run: args.dry_run,
         resync: args.resync_interval,
+        leadership: leadership.clone(),
         conflicted: Mutex::new(HashSet::new()),
     });
 
@@ -96,6 +127,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         recorder: Recorder::new(client.clone(), reporter()),
         dry_run: args.dry_run,
         annotate: args.annotate_pods,
+        leadership: leadership.clone(),
         namespace: args.namespace.clone(),
     });
     let pod_detector = {
@@ -111,6 +143,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
 
     let controller = Controller::for_stream(changed_nodes, store)
         .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(100)))
+        .reconcile_all_on(became_leader(leadership.subscribe()))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(nodes::reconcile, nodes::error_policy, ctx)
         .for_each(|result| async move {
@@ -130,6 +163,12 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     if let Err(err) = pod_detector.await {
         tracing::error!(error = %err, "the pod detector task failed");
     }
+    lease_shutdown.cancel();
+    if let Some(election) = election
+        && let Err(err) = election.await
+    {
+        tracing::error!(error = %err, "the leader election task failed");
+    }
     match server.await {
         Ok(Ok(())) => {}
         Ok(Err(err)) => return Err(err).context("metrics server failed"),
@@ -140,6 +179,32 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Fires each time this replica becomes the leader, so it reconciles every node at once instead of waiting
+/// for the resync interval.
+fn became_leader(
+    changes: tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(changes, |mut changes| async move {
+        loop {
+            changes.changed().await.ok()?;
+            if *changes.borrow_and_update() {
+                return Some(((), changes));
+            }
+        }
+    })
+}
+
+/// This replica's name in the Lease: the pod name in a cluster, else host name and process id.
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        })
 }
 
 /// Who we are on Events: the controller, and the pod when the Downward API gives its name.

@@ -78,11 +78,14 @@ async fn missing_rbac_is_loud_counted_and_not_ready_until_granted() {
         "alive: the loop keeps retrying"
     );
 
-    // Granting the permissions makes it ready without a restart.
+    // Granting the read permissions of both watchers makes it ready without a restart.
     let role_name = format!("{}-nodes", env.prefix);
     let role: ClusterRole = serde_json::from_value(json!({
         "metadata": {"name": role_name},
-        "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]}]
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
+        ]
     }))
     .unwrap();
     let binding: ClusterRoleBinding = serde_json::from_value(json!({

@@ -19,6 +19,7 @@ use kube::{Api, Resource, ResourceExt};
 
 use crate::core::labels::LabelKeys;
 use crate::events::{api_error_category, publish_warning};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use crate::ownership::applied_label_keys;
 use plan::{NodeState, plan};
@@ -36,6 +37,8 @@ pub struct NodeContext {
     pub dry_run: bool,
     /// How often a node is looked at again even when nothing changed: the safety net.
     pub resync: Duration,
+    /// Only the leader writes; followers compute and keep their caches warm.
+    pub leadership: Arc<Leadership>,
     /// Nodes whose last apply hit a conflict, for the `osbuild_nodes_label_conflict` gauge.
     pub conflicted: Mutex<HashSet<String>>,
 }
@@ -64,6 +67,10 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action,
     let name = node.name_any();
     let plan = plan(&node, &ctx.keys);
     let requeue = Action::requeue(ctx.resync);
+    if !ctx.leadership.is_leader() {
+        // A new leader reconciles every node when it takes over (see run.rs), so nothing is lost here.
+        return Ok(requeue);
+    }
 
     if let Some(warning) = plan.warning() {
         tracing::warn!(node = %name, reason = warning.reason, "{}", warning.message);

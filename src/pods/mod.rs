@@ -26,6 +26,7 @@ use crate::core::labels::LabelKeys;
 use crate::events::{api_error_category, publish_warning};
 use crate::health::Health;
 use crate::index::{NodeFacts, NodesSynced, node_facts, observe_watch};
+use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use detect::{
     Failure, SANDBOX, SANDBOX_EVENT_REASON, active_failures, main_image, sandbox_failure,
@@ -49,6 +50,8 @@ pub struct PodContext {
     pub recorder: Recorder,
     pub dry_run: bool,
     pub annotate: bool,
+    /// Only the leader publishes Events and annotations; every replica tracks findings and exports gauges.
+    pub leadership: Arc<Leadership>,
     /// Watch one namespace only; all when `None`.
     pub namespace: Option<String>,
 }
@@ -303,7 +306,7 @@ impl Detector {
             .inc();
         let message = finding_message(&failure, node, facts, &self.ctx.keys);
         tracing::warn!(namespace = %pod.namespace, pod = %pod.name, container = %failure.container, node, "{message}");
-        if !self.ctx.dry_run {
+        if !self.ctx.dry_run && self.ctx.leadership.is_leader() {
             self.publish(pod, message).await;
         }
         self.flagged
@@ -369,7 +372,7 @@ impl Detector {
 
     /// With `--annotate-pods`, makes the pod's annotation list exactly its current findings (none: removed).
     async fn sync_annotation(&self, pod: &PodRef) {
-        if !self.ctx.annotate || self.ctx.dry_run {
+        if !self.ctx.annotate || self.ctx.dry_run || !self.ctx.leadership.is_leader() {
             return;
         }
         let findings: Vec<serde_json::Value> = self

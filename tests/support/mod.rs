@@ -509,6 +509,13 @@ impl Controller {
         status
     }
 
+    /// SIGKILL: the process dies without any clean-up (a crashed or evicted leader).
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

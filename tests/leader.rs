@@ -1,0 +1,118 @@
+//! Leader election with two (then three) controller processes against the real API server: only the
+//! leader writes, followers stay ready, a stopped leader hands over at once, a dead one within the lease
+//! duration.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Api;
+use support::{Controller, TIMEOUT, TestEnv, eventually};
+
+const OSBUILD: &str = "beta.kubernetes.io/osbuild";
+const LEASE_DURATION: Duration = Duration::from_secs(3);
+
+fn args(env: &TestEnv) -> Vec<String> {
+    vec![
+        "--leader-elect".into(),
+        "--lease-name".into(),
+        format!("{}-lease", env.prefix),
+        "--lease-namespace".into(),
+        env.namespace.clone(),
+        "--lease-duration".into(),
+        format!("{}s", LEASE_DURATION.as_secs()),
+    ]
+}
+
+async fn holder(env: &TestEnv) -> Option<String> {
+    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.namespace)
+        .get_opt(&format!("{}-lease", env.prefix))
+        .await
+        .ok()??;
+    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+}
+
+/// Our identity outside a pod is "<hostname>-<pid>".
+fn held_by(holder: &Option<String>, controller: &Controller) -> bool {
+    holder
+        .as_deref()
+        .is_some_and(|h| h.ends_with(&format!("-{}", controller.pid())))
+}
+
+async fn writes(controller: &Controller) -> f64 {
+    controller
+        .metric("osbuild_label_writes_total", &[])
+        .await
+        .unwrap_or(-1.0)
+}
+
+async fn wait_osbuild(env: &TestEnv, node: &str, value: &str) {
+    eventually(&format!("{node} osbuild={value}"), TIMEOUT, || async {
+        (env.labels(node).await.get(OSBUILD).map(String::as_str) == Some(value)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
+    let env = TestEnv::new("leader").await;
+    let node = env.create_windows_node("win", "10.0.17763.3887").await;
+    let args = args(&env);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+
+    let a = Controller::start(&env, &args).await;
+    eventually("a holds the lease", TIMEOUT, || async {
+        held_by(&holder(&env).await, &a).then_some(())
+    })
+    .await;
+    wait_osbuild(&env, &node, "17763").await;
+    let b = Controller::start(&env, &args).await;
+    assert_eq!(
+        b.get("/readyz").await.0,
+        200,
+        "a follower is ready: its caches are warm"
+    );
+
+    // A change is written by the leader only.
+    env.set_kernel_version(&node, "10.0.20348.2700").await;
+    wait_osbuild(&env, &node, "20348").await;
+    assert_eq!(writes(&a).await, 2.0);
+    assert_eq!(writes(&b).await, 0.0, "the follower wrote");
+    assert!(held_by(&holder(&env).await, &a));
+
+    // A stopped leader releases the lease at once; the follower takes over well within the lease duration.
+    let stopped = Instant::now();
+    assert!(a.terminate().success());
+    eventually("b holds the lease", TIMEOUT, || async {
+        held_by(&holder(&env).await, &b).then_some(())
+    })
+    .await;
+    assert!(
+        stopped.elapsed() < LEASE_DURATION,
+        "handover took {:?}",
+        stopped.elapsed()
+    );
+    env.set_kernel_version(&node, "10.0.26100.32995").await;
+    wait_osbuild(&env, &node, "26100").await;
+    assert_eq!(writes(&b).await, 1.0);
+
+    // A leader that dies without releasing is replaced within the lease duration (plus one retry period
+    // for each side to notice).
+    let c = Controller::start(&env, &args).await;
+    let killed = Instant::now();
+    b.kill();
+    eventually("c holds the lease", TIMEOUT, || async {
+        held_by(&holder(&env).await, &c).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(
+        took < LEASE_DURATION + Duration::from_secs(2),
+        "takeover after a crash took {took:?}"
+    );
+    env.set_kernel_version(&node, "10.0.17763.3887").await;
+    wait_osbuild(&env, &node, "17763").await;
+    assert_eq!(writes(&c).await, 1.0);
+    env.cleanup().await;
+}
