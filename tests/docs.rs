@@ -103,3 +103,48 @@ fn labels_md_process_isolation_table_matches_the_code() {
     }
     assert!(checked >= 12, "only {checked} rows checked");
 }
+
+#[test]
+fn readme_configuration_table_matches_the_cli() {
+    use clap::CommandFactory;
+    let readme = include_str!("../README.md");
+    let table = readme
+        .split("## Configuration (`osbuild-controller run`)")
+        .nth(1)
+        .expect("README has a configuration section");
+    let cli = osbuild_controller::cli::Cli::command();
+    let run = cli.find_subcommand("run").expect("run subcommand");
+    let mut checked = 0;
+    for arg in run.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if matches!(long, "help" | "version") {
+            continue;
+        }
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(&format!("| `--{long}` |")))
+            .unwrap_or_else(|| panic!("README lacks a row for --{long}"));
+        let env = arg
+            .get_env()
+            .expect("every flag has an env var")
+            .to_string_lossy();
+        assert!(
+            row.contains(&format!("`{env}`")),
+            "--{long}: README row lacks {env}: {row}"
+        );
+        for default in arg.get_default_values() {
+            let default = default.to_string_lossy();
+            assert!(
+                row.contains(&format!("`{default}`")),
+                "--{long}: README row lacks default {default}: {row}"
+            );
+        }
+        checked += 1;
+    }
+    let rows = table
+        .lines()
+        .take_while(|l| !l.starts_with("Invalid"))
+        .filter(|l| l.starts_with("| `--"))
+        .count();
+    assert_eq!(rows, checked, "README lists flags that `run` does not have");
+}
