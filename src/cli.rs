@@ -140,6 +140,9 @@ pub struct RunArgs {
     /// Look at every node again this often even when nothing changed (e.g. 30s, 10m, 1h).
     #[arg(long, env = "OSBUILD_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// How many nodes are reconciled at once (bounds API load and memory during a cold start).
+    #[arg(long, env = "OSBUILD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
+    pub concurrency: u16,
     /// Log format.
     #[arg(long, env = "OSBUILD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -24,6 +24,11 @@ use crate::nodes::{self, MANAGER, NodeContext};
 use crate::pods::{self, PodContext};
 use crate::server::{self, ServerState};
 
+/// Objects per page of a watch's initial list. Each page is held whole while it is decoded; measured at
+/// 1,000 nodes and 10,000 pods, pages of 100 instead of kube's 500 cut the peak RSS by 40% and list no
+/// slower (docs/benchmarks.md).
+pub const LIST_PAGE_SIZE: u32 = 100;
+
 pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
     let metrics = Metrics::new().context("cannot register metrics")?;
@@ -47,11 +52,12 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         annotate_pods = args.annotate_pods,
         leader_elect = args.leader_elect,
         resync_interval = ?args.resync_interval,
+        concurrency = args.concurrency,
         "starting osbuild-controller {}",
         env!("CARGO_PKG_VERSION")
     );
 
-    let mut watch_config = watcher::Config::default();
+    let mut watch_config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
     if let Some(selector) = &args.node_selector {
         watch_config = watch_config.labels(selector);
     }
@@ -142,7 +148,11 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     };
 
     let controller = Controller::for_stream(changed_nodes, store)
-        .with_config(ControllerConfig::default().debounce(std::time::Duration::from_millis(100)))
+        .with_config(
+            ControllerConfig::default()
+                .debounce(std::time::Duration::from_millis(100))
+                .concurrency(args.concurrency),
+        )
         .reconcile_all_on(became_leader(leadership.subscribe()))
         .graceful_shutdown_on(shutdown.clone().cancelled_owned())
         .run(nodes::reconcile, nodes::error_policy, ctx)

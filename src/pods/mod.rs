@@ -118,9 +118,12 @@ pub async fn run(ctx: Arc<PodContext>, health: Arc<Health>, shutdown: Cancellati
     let sandbox_events = watcher::Config::default().fields(&format!(
         "involvedObject.kind=Pod,reason={SANDBOX_EVENT_REASON}"
     ));
-    let pod_stream = watcher(pods, watcher::Config::default())
-        .default_backoff()
-        .map(|e| Input::Pod(Box::new(e)));
+    let pod_stream = watcher(
+        pods,
+        watcher::Config::default().page_size(crate::run::LIST_PAGE_SIZE),
+    )
+    .default_backoff()
+    .map(|e| Input::Pod(Box::new(e)));
     let event_stream = watcher(events, sandbox_events)
         .default_backoff()
         .map(|e| Input::Sandbox(Box::new(e)));
