@@ -46,6 +46,20 @@ impl Health {
         self.update(name, |w| w.error = None);
     }
 
+    /// Whether the watch's last attempt failed (and nothing has succeeded since).
+    pub fn watch_failing(&self, name: &'static str) -> bool {
+        lock(&self.watches)
+            .iter()
+            .any(|w| w.name == name && w.error.is_some())
+    }
+
+    /// Whether the watch has completed its first list.
+    pub fn watch_is_synced(&self, name: &'static str) -> bool {
+        lock(&self.watches)
+            .iter()
+            .any(|w| w.name == name && w.synced)
+    }
+
     pub fn watch_failed(&self, name: &'static str, error: String) {
         self.update(name, |w| w.error = Some(error));
     }
@@ -123,6 +137,7 @@ mod tests {
         assert!(health.readiness().is_ok());
         health.watch_failed("nodes", "403 Forbidden".into());
         assert!(health.readiness().unwrap_err().contains("403 Forbidden"));
+        assert!(health.watch_failing("nodes") && health.watch_is_synced("nodes"));
         health.watch_ok("nodes");
         assert!(health.readiness().is_ok());
         health.start_shutdown();

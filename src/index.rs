@@ -202,12 +202,53 @@ pub fn observe_watch<K>(
             health.watch_synced(name);
             metrics.watch_up.with_label_values(&[name]).set(1);
         }
-        Ok(_) => health.watch_ok(name),
+        Ok(_) => watch_recovered(health, metrics, name),
         Err(err) => {
             tracing::error!(watch = name, error = %err, "watch failed; retrying with backoff (check RBAC and API server reachability)");
             metrics.watch_errors.with_label_values(&[name]).inc();
             metrics.watch_up.with_label_values(&[name]).set(0);
             health.watch_failed(name, err.to_string());
+        }
+    }
+}
+
+fn watch_recovered(health: &Health, metrics: &Metrics, name: &'static str) {
+    if health.watch_failing(name) {
+        tracing::info!(watch = name, "watch recovered");
+    }
+    health.watch_ok(name);
+    if health.watch_is_synced(name) {
+        metrics.watch_up.with_label_values(&[name]).set(1);
+    }
+}
+
+/// How often a failing watch is probed.
+const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Clears a failing watch's error as soon as its request works again.
+///
+/// The watcher re-establishes a watch silently: after an API server restart, a watch that resumes from its
+/// resourceVersion emits nothing until something changes, so the error of the outage would stay in
+/// readiness for good. While the watch is failing, this lists the same resource with the same selectors
+/// (one object), which proves both that the server answers and that we may read it (a 403 stays failing).
+pub async fn probe_failing_watch<K>(
+    api: Api<K>,
+    params: kube::api::ListParams,
+    name: &'static str,
+    health: Arc<Health>,
+    metrics: Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let params = params.limit(1);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            _ = shutdown.cancelled() => return,
+        }
+        if health.watch_failing(name) && api.list(&params).await.is_ok() {
+            watch_recovered(&health, &metrics, name);
         }
     }
 }

@@ -58,9 +58,19 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     );
 
     let mut watch_config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let mut node_probe = kube::api::ListParams::default();
     if let Some(selector) = &args.node_selector {
         watch_config = watch_config.labels(selector);
+        node_probe = node_probe.labels(selector);
     }
+    tokio::spawn(index::probe_failing_watch(
+        Api::<Node>::all(client.clone()),
+        node_probe,
+        index::NODE_WATCH,
+        health.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let (store, nodes_synced, changed_nodes) = index::watch_nodes(
         Api::<Node>::all(client.clone()),
         watch_config,

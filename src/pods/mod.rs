@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Node, ObjectReference, Pod};
-use kube::api::{Patch, PatchParams};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::core::labels::LabelKeys;
 use crate::events::{api_error_category, publish_warning};
 use crate::health::Health;
-use crate::index::{NodeFacts, NodesSynced, node_facts, observe_watch};
+use crate::index::{NodeFacts, NodesSynced, node_facts, observe_watch, probe_failing_watch};
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
 use detect::{
@@ -115,8 +115,23 @@ pub async fn run(ctx: Arc<PodContext>, health: Arc<Health>, shutdown: Cancellati
         ),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    let sandbox_events = watcher::Config::default().fields(&format!(
-        "involvedObject.kind=Pod,reason={SANDBOX_EVENT_REASON}"
+    let sandbox_selector = format!("involvedObject.kind=Pod,reason={SANDBOX_EVENT_REASON}");
+    let sandbox_events = watcher::Config::default().fields(&sandbox_selector);
+    tokio::spawn(probe_failing_watch(
+        pods.clone(),
+        ListParams::default(),
+        PODS_WATCH,
+        health.clone(),
+        ctx.metrics.clone(),
+        shutdown.clone(),
+    ));
+    tokio::spawn(probe_failing_watch(
+        events.clone(),
+        ListParams::default().fields(&sandbox_selector),
+        SANDBOX_EVENTS_WATCH,
+        health.clone(),
+        ctx.metrics.clone(),
+        shutdown.clone(),
     ));
     let pod_stream = watcher(
         pods,
