@@ -23,6 +23,7 @@ pub struct Metrics {
     pub watch_up: IntGaugeVec,
     pub pod_os_mismatch: IntGaugeVec,
     pub pod_os_mismatch_detections: IntCounterVec,
+    pub leader: IntGauge,
 }
 
 /// Why a Windows node has no osbuild label: the `reason` of `osbuild_nodes_unlabelled`.
@@ -101,6 +102,10 @@ impl Metrics {
                 ),
                 &["namespace"],
             )?,
+            leader: IntGauge::with_opts(opts(
+                "leader",
+                "1 when this replica is the leader (always 1 without --leader-elect): only the leader writes.",
+            ))?,
             registry,
         };
         let r = &metrics.registry;
@@ -115,6 +120,7 @@ impl Metrics {
         r.register(Box::new(metrics.watch_up.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch_detections.clone()))?;
+        r.register(Box::new(metrics.leader.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(

@@ -134,6 +134,12 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         shutdown.clone().cancelled_owned(),
     ));
 
+    let nodes_synced_for_shutdown = nodes_synced.clone();
+    tokio::spawn(follow_leadership(
+        leadership.subscribe(),
+        ctx.clone(),
+        metrics.clone(),
+    ));
     let pod_ctx = Arc::new(PodContext {
         client: client.clone(),
         nodes: store.clone(),
@@ -173,7 +179,22 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
                 Err(err) => tracing::debug!(error = %err, "controller event"),
             }
         });
-    controller.await;
+    // kube-runtime's controller waits for its store before it reconciles, and that wait does not listen to
+    // graceful_shutdown_on: a process whose Node watch never synced (no RBAC, no server) would ignore
+    // SIGTERM. Before the sync nothing is in flight, so the controller can simply be dropped.
+    let shutdown_before_sync = {
+        let (shutdown, synced) = (shutdown.clone(), nodes_synced_for_shutdown);
+        async move {
+            shutdown.cancelled().await;
+            if *synced.borrow() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        _ = controller => {}
+        _ = shutdown_before_sync => tracing::info!("shutting down before the node watch synced; nothing in flight"),
+    }
 
     let unexpected = !shutdown.is_cancelled();
     if unexpected {
@@ -199,6 +220,25 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     }
     tracing::info!("shut down cleanly");
     Ok(())
+}
+
+/// Keeps `osbuild_leader` current, and forgets node conflicts when leadership is lost: a follower writes
+/// nothing, so it has no conflicts to report.
+async fn follow_leadership(
+    mut changes: tokio::sync::watch::Receiver<bool>,
+    ctx: Arc<NodeContext>,
+    metrics: Metrics,
+) {
+    loop {
+        let leader = *changes.borrow_and_update();
+        metrics.leader.set(i64::from(leader));
+        if !leader {
+            ctx.forget_conflicts();
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Fires each time this replica becomes the leader, so it reconciles every node at once instead of waiting

@@ -106,3 +106,31 @@ async fn missing_rbac_is_loud_counted_and_not_ready_until_granted() {
     let _ = roles.delete(&role_name, &DeleteParams::default()).await;
     env.cleanup().await;
 }
+
+#[tokio::test]
+async fn sigterm_before_the_node_watch_synced_still_exits_promptly() {
+    let env = TestEnv::new("health-early-term").await;
+    let kubeconfig = env.service_account_kubeconfig("no-rights").await;
+    let controller = Controller::spawn_with_kubeconfig(&env, &kubeconfig, &[]);
+    eventually(
+        "the watch has failed at least once",
+        Duration::from_secs(30),
+        || async {
+            let (status, body) = support::http_get(&controller.metrics_addr, "/readyz")
+                .await
+                .ok()?;
+            (status == 503 && body.contains("forbidden")).then_some(())
+        },
+    )
+    .await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(controller.terminate());
+    });
+    // The kubelet waits terminationGracePeriodSeconds (30 s by default) before SIGKILL.
+    let status = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the controller ignored SIGTERM while its Node watch had never synced");
+    assert!(status.success(), "{status:?}");
+    env.cleanup().await;
+}

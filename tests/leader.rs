@@ -77,7 +77,7 @@ async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
     // A change is written by the leader only.
     env.set_kernel_version(&node, "10.0.20348.2700").await;
     wait_osbuild(&env, &node, "20348").await;
-    assert_eq!(writes(&a).await, 2.0);
+    a.wait_metric("osbuild_label_writes_total", &[], 2.0).await;
     assert_eq!(writes(&b).await, 0.0, "the follower wrote");
     assert!(held_by(&holder(&env).await, &a));
 
@@ -95,7 +95,7 @@ async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
     );
     env.set_kernel_version(&node, "10.0.26100.32995").await;
     wait_osbuild(&env, &node, "26100").await;
-    assert_eq!(writes(&b).await, 1.0);
+    b.wait_metric("osbuild_label_writes_total", &[], 1.0).await;
 
     // A leader that dies without releasing is replaced within the lease duration (plus one retry period
     // for each side to notice).
@@ -113,6 +113,6 @@ async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
     );
     env.set_kernel_version(&node, "10.0.17763.3887").await;
     wait_osbuild(&env, &node, "17763").await;
-    assert_eq!(writes(&c).await, 1.0);
+    c.wait_metric("osbuild_label_writes_total", &[], 1.0).await;
     env.cleanup().await;
 }

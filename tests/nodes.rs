@@ -147,10 +147,9 @@ async fn every_kernel_version_format_is_labelled() {
             .await,
         Some(1.0)
     );
-    assert_eq!(
-        controller.metric("osbuild_label_writes_total", &[]).await,
-        Some(cases.len() as f64)
-    );
+    controller
+        .wait_metric("osbuild_label_writes_total", &[], cases.len() as f64)
+        .await;
     env.cleanup().await;
 }
 
@@ -171,10 +170,9 @@ async fn linux_nodes_are_untouched() {
         "no write to the Linux node"
     );
     assert!(ours(&after.labels().clone()).is_empty());
-    assert_eq!(
-        controller.metric("osbuild_label_writes_total", &[]).await,
-        Some(1.0)
-    );
+    controller
+        .wait_metric("osbuild_label_writes_total", &[], 1.0)
+        .await;
     env.cleanup().await;
 }
 
@@ -300,10 +298,7 @@ async fn conflict_is_reported_then_taken_with_force() {
             .then_some(())
     })
     .await;
-    assert_eq!(
-        controller.metric("osbuild_nodes_label_conflict", &[]).await,
-        Some(1.0)
-    );
+    controller.wait_metric("osbuild_nodes_label_conflict", &[], 1.0).await;
     assert_eq!(env.labels(&node).await[OSBUILD], "wrong", "not forced");
     drop(controller);
 

@@ -62,6 +62,15 @@ impl NodeError {
     }
 }
 
+impl NodeContext {
+    /// Drops every remembered conflict (on losing leadership).
+    pub fn forget_conflicts(&self) {
+        let mut set = self.conflicted.lock().unwrap_or_else(|p| p.into_inner());
+        set.clear();
+        self.metrics.nodes_in_conflict.set(0);
+    }
+}
+
 pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let name = node.name_any();

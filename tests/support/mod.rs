@@ -497,6 +497,17 @@ impl Controller {
         metric_value(&body, name, labels)
     }
 
+    /// Waits until a metric series has `expected` as its value. Use it for counters of writes: a change can
+    /// be visible in the API before the controller has processed the response and counted it.
+    pub async fn wait_metric(&self, name: &str, labels: &[(&str, &str)], expected: f64) {
+        eventually(
+            &format!("{name}{labels:?} == {expected}"),
+            TIMEOUT,
+            || async { (self.metric(name, labels).await? == expected).then_some(()) },
+        )
+        .await;
+    }
+
     pub fn log(&self) -> String {
         read_log(&self.log_path)
     }
