@@ -298,7 +298,9 @@ async fn conflict_is_reported_then_taken_with_force() {
             .then_some(())
     })
     .await;
-    controller.wait_metric("osbuild_nodes_label_conflict", &[], 1.0).await;
+    controller
+        .wait_metric("osbuild_nodes_label_conflict", &[], 1.0)
+        .await;
     assert_eq!(env.labels(&node).await[OSBUILD], "wrong", "not forced");
     drop(controller);
 
