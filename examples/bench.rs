@@ -1,0 +1,2028 @@
+//! The benchmark of osbuild-controller against a real control plane (docs/benchmarks.md). Run it with
+//! `scripts/bench` (release build, a fresh control plane of its own); by hand:
+//!
+//! ```sh
+//! KUBECONFIG=... cargo run --release --example bench -- --controller target/release/osbuild-controller \
+//!     --nodes 5000 --pods 50000 --report bench.md
+//! ```
+//!
+//! Phases, each timed against the API server's own counters (`/metrics`) and a watch of the nodes:
+//! create N nodes and P pods; cold start of the controller; restart with every label right; the reference
+//! (the same label applies from a plain concurrent loop); churn of kernelVersions (paced and burst); the
+//! OS-mismatch detection latency; an idle window for steady-state requests. The controller runs as a
+//! ServiceAccount whose requests a FlowSchema of our own puts in the priority level a ServiceAccount gets by
+//! default (`workload-low`), so the API server counts exactly its requests
+//! (`apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::pin::pin;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::authentication::v1::TokenRequest;
+use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::flowcontrol::v1::FlowSchema;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::api::{GetParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Config, Resource, ResourceExt};
+use osbuild_controller::core::labels::LabelKeys;
+use osbuild_controller::nodes::{MANAGER, labels_hold, plan::plan};
+use osbuild_controller::ownership::applied_label_keys;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Every node the bench creates carries this label; its watch and the reference select on it.
+const BENCH_LABEL: &str = "osbuild-bench";
+const BENCH_NS: &str = "osbuild-bench";
+const DETECT_NS: &str = "osbuild-bench-detect";
+const POD_NAMESPACES: usize = 10;
+const CONTROLLER_SA: &str = "osbuild-controller";
+const REFERENCE_SA: &str = "bench-reference";
+const CONTROLLER_FS: &str = "osbuild-bench-controller";
+const REFERENCE_FS: &str = "osbuild-bench-reference";
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark osbuild-controller against the control plane in KUBECONFIG")]
+struct Args {
+    /// Nodes to create (about 90% Windows, 10% Linux).
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pods to create, bound to the nodes (spec.nodeName) across 10 namespaces.
+    #[arg(long, default_value_t = 50_000)]
+    pods: usize,
+    /// Where to write the markdown report.
+    #[arg(long, default_value = "bench-report.md")]
+    report: PathBuf,
+    /// Small and fast, for CI: 50 nodes, 200 pods, 10 detections, a 5 s idle window, 1 s settling.
+    #[arg(long)]
+    quick: bool,
+    /// The controller binary (a release build).
+    #[arg(
+        long,
+        env = "OSBUILD_BENCH_CONTROLLER",
+        default_value = "target/release/osbuild-controller"
+    )]
+    controller: PathBuf,
+    /// Directory of the control-plane binaries (for the etcd version in the report).
+    #[arg(long, env = "OSBUILD_BENCH_BINDIR")]
+    bindir: Option<PathBuf>,
+    /// Where controller logs and kubeconfigs go (default: next to the report).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Concurrent requests when creating nodes and pods.
+    #[arg(long, default_value_t = 48)]
+    create_concurrency: usize,
+    /// Concurrent applies of the reference loop, one run each; 0 = unbounded. The first run is the one the
+    /// cold start is compared with: keep it equal to the controller's `--concurrency` (default 16).
+    #[arg(long, value_delimiter = ',', default_value = "16,0")]
+    reference_concurrency: Vec<usize>,
+    /// An extra flag for `osbuild-controller run` (repeat it), e.g. `--controller-arg=--concurrency=64`.
+    #[arg(long, allow_hyphen_values = true)]
+    controller_arg: Vec<String>,
+    /// Priority level the controller's and the reference's FlowSchemas point at.
+    #[arg(long, default_value = "workload-low")]
+    priority_level: String,
+    /// Share of all nodes whose kernelVersion changes in the churn phases.
+    #[arg(long, default_value_t = 10.0)]
+    churn_percent: f64,
+    /// kernelVersion changes per second in the paced churn phase.
+    #[arg(long, default_value_t = 50)]
+    churn_rate: u32,
+    /// Pods turned into the OS mismatch in the detection phase (one every 250 ms).
+    #[arg(long, default_value_t = 20)]
+    detect_pods: usize,
+    /// Length of the idle window for steady-state requests.
+    #[arg(long, default_value_t = 60)]
+    steady_seconds: u64,
+    /// Create the nodes, pods and identities, then stop (for profiling the controller by hand; keep the
+    /// control plane with OSBUILD_KEEP_CONTROL_PLANE=1).
+    #[arg(long)]
+    setup_only: bool,
+    /// Create pods without a status (no Running containerStatuses): faster, smaller objects.
+    #[arg(long)]
+    no_pod_status: bool,
+}
+
+// ------------------------------------------------------------------------------------------ output
+
+fn started() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+fn log(message: impl AsRef<str>) {
+    let t = started().elapsed().as_secs();
+    eprintln!("[bench {:02}:{:02}] {}", t / 60, t % 60, message.as_ref());
+}
+
+/// A progress line for a phase: overwritten in place on a terminal, one line every 5 s in a log.
+#[derive(Clone)]
+struct Progress(Arc<ProgressInner>);
+
+struct ProgressInner {
+    phase: String,
+    total: u64,
+    done: AtomicU64,
+    start: Instant,
+    finished: AtomicBool,
+    tty: bool,
+}
+
+impl Progress {
+    fn start(phase: &str, total: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        let progress = Progress(Arc::new(ProgressInner {
+            phase: phase.to_owned(),
+            total,
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+            finished: AtomicBool::new(false),
+            tty,
+        }));
+        let ticker = progress.clone();
+        tokio::spawn(async move {
+            let tick = if tty { 1 } else { 5 };
+            loop {
+                tokio::time::sleep(Duration::from_secs(tick)).await;
+                if ticker.0.finished.load(Ordering::SeqCst) {
+                    break;
+                }
+                ticker.print(false);
+            }
+        });
+        progress
+    }
+
+    fn inc(&self) {
+        self.0.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set(&self, done: u64) {
+        self.0.done.store(done, Ordering::Relaxed);
+    }
+
+    fn print(&self, last: bool) {
+        let p = &self.0;
+        let done = p.done.load(Ordering::Relaxed);
+        let secs = p.start.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let line = format!(
+            "[{}] {done}/{} ({:.0}/s, {secs:.1}s)",
+            p.phase, p.total, rate
+        );
+        if p.tty {
+            eprint!("\r\x1b[2K{line}{}", if last { "\n" } else { "" });
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) -> Duration {
+        self.0.finished.store(true, Ordering::SeqCst);
+        self.print(true);
+        self.0.start.elapsed()
+    }
+}
+
+// ------------------------------------------------------------------------------------------ data
+
+#[derive(Debug, Clone)]
+struct NodeDef {
+    name: String,
+    os: &'static str,
+    kernel: String,
+}
+
+const LINUX_KERNELS: [&str; 3] = ["5.15.0-1049-azure", "6.8.0-1012-aws", "5.4.0-195-generic"];
+const REV_17763: [u32; 12] = [
+    253, 316, 437, 557, 1158, 1339, 1397, 2061, 2366, 2452, 3887, 4131,
+];
+const REV_20348: [u32; 6] = [469, 587, 825, 1607, 1668, 2700];
+const REV_26100: [u32; 3] = [32995, 1742, 2314];
+const REV_14393: [u32; 3] = [1944, 2906, 3930];
+const DOCKER_ERA: [&str; 4] = [
+    "10.0 14393 (14393.1715.amd64fre.rs1_release_inmarket.170906-1810)",
+    "10.0 14393 (14393.1198.amd64fre.rs1_release_sec.170427-1353)",
+    "10.0 17763 (17763.1.amd64fre.rs5_release.180914-1434)",
+    "10.0 16299 (16299.15.amd64fre.rs3_release.170928-1534)",
+];
+const BUILD_LAB_EX: [&str; 3] = [
+    "14393.1715.amd64fre.rs1_release_inmarket.170906-1810",
+    "14393.1480.amd64fre.rs1_release.170706-2004",
+    "16299.0.amd64fre.rs3_release.170922-1354",
+];
+const OTHER_DOTTED: [&str; 4] = [
+    "10.0.19041.804",
+    "10.0.22631.5335",
+    "10.0.17134.112",
+    "10.0.18362.30",
+];
+
+/// The node mix, by index mod 20: 10% Linux, 35% 10.0.17763.R, 20% 10.0.20348.R, 10% 10.0.26100.R,
+/// 5% 10.0.B, 5% Docker-era, 5% bare BuildLabEx, 5% 10.0.14393.R, 5% other builds.
+fn node_defs(n: usize) -> Vec<NodeDef> {
+    (0..n)
+        .map(|i| {
+            let k = i / 20;
+            let (os, kernel) = match i % 20 {
+                0 | 1 => ("linux", LINUX_KERNELS[k % 3].to_owned()),
+                2..=8 => ("windows", format!("10.0.17763.{}", REV_17763[k % 12])),
+                9..=12 => ("windows", format!("10.0.20348.{}", REV_20348[k % 6])),
+                13 | 14 => ("windows", format!("10.0.26100.{}", REV_26100[k % 3])),
+                15 => (
+                    "windows",
+                    if k % 2 == 0 {
+                        "10.0.17763"
+                    } else {
+                        "10.0.20348"
+                    }
+                    .to_owned(),
+                ),
+                16 => ("windows", DOCKER_ERA[k % 4].to_owned()),
+                17 => ("windows", BUILD_LAB_EX[k % 3].to_owned()),
+                18 => ("windows", format!("10.0.14393.{}", REV_14393[k % 3])),
+                _ => ("windows", OTHER_DOTTED[k % 4].to_owned()),
+            };
+            NodeDef {
+                name: format!("bench-{i:05}"),
+                os,
+                kernel,
+            }
+        })
+        .collect()
+}
+
+fn node_object(def: &NodeDef, i: usize) -> Result<Node> {
+    let mut labels = json!({
+        BENCH_LABEL: "1",
+        "kubernetes.io/os": def.os,
+        "beta.kubernetes.io/os": def.os,
+        "kubernetes.io/arch": "amd64",
+        "beta.kubernetes.io/arch": "amd64",
+        "kubernetes.io/hostname": def.name,
+        "node.kubernetes.io/instance-type": "Standard_D4s_v5",
+        "topology.kubernetes.io/region": "westeurope",
+        "topology.kubernetes.io/zone": format!("westeurope-{}", i % 3 + 1),
+        "agentpool": if def.os == "windows" { "win" } else { "system" },
+    });
+    if def.os == "windows"
+        && let Some(build) = def.kernel.split(['.', ' ']).nth(2)
+    {
+        labels["node.kubernetes.io/windows-build"] = json!(format!("10.0.{build}"));
+    }
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": def.name, "labels": labels,
+                      "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+        "spec": {"podCIDR": format!("10.{}.{}.0/24", 100 + i / 256 % 100, i % 256),
+                 "providerID": format!("azure:///subscriptions/0000/resourceGroups/bench/providers/Microsoft.Compute/virtualMachineScaleSets/aks-{}/virtualMachines/{i}", if def.os == "windows" { "win" } else { "system" })},
+    }))?)
+}
+
+fn node_status(def: &NodeDef, i: usize) -> Value {
+    let now = "2026-11-23T00:00:00Z";
+    let condition = |t: &str, s: &str, reason: &str| {
+        json!({"type": t, "status": s, "reason": reason, "message": format!("kubelet reports {reason}"),
+               "lastHeartbeatTime": now, "lastTransitionTime": now})
+    };
+    let images: Vec<Value> = (0..10)
+        .map(|k| {
+            json!({"names": [format!("mcr.microsoft.com/windows/servercore@sha256:{:064x}", i * 16 + k),
+                             format!("mcr.microsoft.com/windows/servercore:image-{k}")],
+                   "sizeBytes": 2_000_000_000u64 + k as u64})
+        })
+        .collect();
+    json!({"status": {
+        "nodeInfo": {
+            "kernelVersion": def.kernel, "operatingSystem": def.os, "architecture": "amd64",
+            "osImage": if def.os == "windows" { "Windows Server 2022 Datacenter" } else { "Ubuntu 22.04.4 LTS" },
+            "kubeletVersion": "v1.37.2", "kubeProxyVersion": "", "containerRuntimeVersion": "containerd://1.7.20",
+            "machineID": def.name, "systemUUID": def.name, "bootID": def.name
+        },
+        "conditions": [condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+                       condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+                       condition("PIDPressure", "False", "KubeletHasSufficientPID"),
+                       condition("Ready", "True", "KubeletReady")],
+        "addresses": [{"type": "InternalIP", "address": format!("10.240.{}.{}", i / 250 % 250, i % 250 + 4)},
+                      {"type": "Hostname", "address": def.name}],
+        "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110", "ephemeral-storage": "128Gi"},
+        "allocatable": {"cpu": "3860m", "memory": "12Gi", "pods": "110", "ephemeral-storage": "118Gi"},
+        "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
+        "images": images,
+    }})
+}
+
+fn image_for(def: &NodeDef) -> &'static str {
+    if def.os == "linux" {
+        "nginx:1.27"
+    } else if def.kernel.contains("20348") {
+        "mcr.microsoft.com/dotnet/framework/aspnet:4.8-windowsservercore-ltsc2022"
+    } else {
+        "mcr.microsoft.com/dotnet/framework/aspnet:4.8-windowsservercore-ltsc2019"
+    }
+}
+
+fn pod_object(name: &str, node: &NodeDef, app: usize) -> Result<Pod> {
+    Ok(serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": format!("app-{app}"), "pod-template-hash": "7d9c6b5f4"},
+                      "annotations": {"prometheus.io/scrape": "true"}},
+        "spec": {
+            "nodeName": node.name,
+            "nodeSelector": {"kubernetes.io/os": node.os},
+            "tolerations": [{"key": "os", "operator": "Equal", "value": "windows", "effect": "NoSchedule"}],
+            "containers": [{
+                "name": "app", "image": image_for(node),
+                "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                "env": [{"name": "ASPNETCORE_ENVIRONMENT", "value": "Production"}, {"name": "APP", "value": format!("app-{app}")}],
+                "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+            }],
+        },
+    }))?)
+}
+
+fn running_pod_status(node: &NodeDef, j: usize) -> Value {
+    let t = "2026-11-23T00:00:00Z";
+    json!({"status": {
+        "phase": "Running",
+        "hostIP": "10.240.0.4", "podIP": format!("10.{}.{}.{}", 100 + j / 65536 % 100, j / 256 % 256, j % 256),
+        "startTime": t, "qosClass": "Burstable",
+        "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": t},
+                       {"type": "PodScheduled", "status": "True", "lastTransitionTime": t}],
+        "containerStatuses": [{"name": "app", "image": image_for(node), "imageID": format!("sha256:{j:064x}"),
+                               "ready": true, "started": true, "restartCount": 0,
+                               "state": {"running": {"startedAt": t}}}],
+    }})
+}
+
+/// What the controller should put on a node with this os and kernelVersion (computed by the library).
+fn expected_labels(os: &str, kernel: &str, keys: &LabelKeys) -> BTreeMap<String, String> {
+    let node: Node = serde_json::from_value(json!({
+        "metadata": {"name": "x", "labels": {"kubernetes.io/os": os}},
+        "status": {"nodeInfo": {"kernelVersion": kernel, "operatingSystem": os, "architecture": "", "bootID": "",
+            "containerRuntimeVersion": "", "kubeProxyVersion": "", "kubeletVersion": "", "machineID": "", "osImage": "", "systemUUID": ""}},
+    }))
+    .expect("node literal");
+    plan(&node, keys).desired.unwrap_or_default()
+}
+
+fn ours(node: &Node, keys: &LabelKeys) -> BTreeMap<String, String> {
+    node.labels()
+        .iter()
+        .filter(|(k, _)| keys.is_ours(k))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
+// ------------------------------------------------------------------------------------------ tracker
+
+/// Follows our labels on every bench node (from a watch): when each node reaches the labels it is expected
+/// to have, and any label set that is neither the expected one nor the one before it (a wrong label).
+#[derive(Default)]
+struct Tracker {
+    inner: Mutex<TrackerInner>,
+}
+
+#[derive(Default)]
+struct TrackerInner {
+    keys: LabelKeys,
+    synced: bool,
+    current: HashMap<String, BTreeMap<String, String>>,
+    expected: HashMap<String, BTreeMap<String, String>>,
+    previous: HashMap<String, BTreeMap<String, String>>,
+    pending: HashMap<String, Instant>,
+    latencies: Vec<Duration>,
+    last_arrival: Option<Instant>,
+    wrong: Vec<String>,
+}
+
+impl Tracker {
+    fn lock(&self) -> std::sync::MutexGuard<'_, TrackerInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn observe(&self, node: &Node) {
+        let now = Instant::now();
+        let mut t = self.lock();
+        let name = node.name_any();
+        let labels = ours(node, &t.keys);
+        if let Some(expected) = t.expected.get(&name) {
+            if *expected == labels {
+                if let Some(since) = t.pending.remove(&name) {
+                    t.latencies.push(now.duration_since(since));
+                    t.last_arrival = Some(now);
+                }
+            } else if !labels.is_empty() && t.previous.get(&name) != Some(&labels) {
+                let message = format!("{name}: {labels:?} (expected {expected:?})");
+                t.wrong.push(message);
+            }
+        }
+        t.current.insert(name, labels);
+    }
+
+    /// From now on `name` should carry `labels`; it is pending from `since` until the watch shows them.
+    fn expect(&self, name: &str, labels: BTreeMap<String, String>, since: Instant) {
+        let mut t = self.lock();
+        let already = t.current.get(name) == Some(&labels);
+        if let Some(old) = t.expected.insert(name.to_owned(), labels) {
+            t.previous.insert(name.to_owned(), old);
+        }
+        if already {
+            t.pending.remove(name);
+        } else {
+            t.pending.insert(name.to_owned(), since);
+        }
+    }
+
+    fn pending(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// The latencies recorded since the last call, and the last arrival.
+    fn take(&self) -> (Vec<Duration>, Option<Instant>) {
+        let mut t = self.lock();
+        (std::mem::take(&mut t.latencies), t.last_arrival.take())
+    }
+
+    fn wrong(&self) -> Vec<String> {
+        self.lock().wrong.clone()
+    }
+
+    fn synced(&self) -> bool {
+        self.lock().synced
+    }
+
+    async fn wait_settled(&self, phase: &str, total: u64, timeout: Duration) -> Result<()> {
+        let progress = Progress::start(phase, total);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending = self.pending() as u64;
+            progress.set(total.saturating_sub(pending));
+            if pending == 0 {
+                progress.finish();
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                progress.finish();
+                let names: Vec<String> = self.lock().pending.keys().take(5).cloned().collect();
+                bail!(
+                    "{phase}: {pending} nodes still without their expected labels after {timeout:?} (e.g. {names:?})"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+fn spawn_node_watch(client: Client, tracker: Arc<Tracker>) {
+    tokio::spawn(async move {
+        let api: Api<Node> = Api::all(client);
+        let config = watcher::Config::default().labels(&format!("{BENCH_LABEL}=1"));
+        let mut events = pin!(watcher(api, config).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
+                    tracker.observe(&node)
+                }
+                Ok(watcher::Event::InitDone) => tracker.lock().synced = true,
+                Ok(_) => {}
+                Err(err) => log(format!("bench node watch: {err} (retrying)")),
+            }
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------ API helpers
+
+fn transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Runs `f` until it succeeds, retrying transient errors (throttling, 5xx, connection) with backoff.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = kube::Result<T>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match f().await {
+            Ok(value) => return Ok(value),
+            Err(err) if attempt < 10 && transient(&err) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(err) => return Err(anyhow!(err).context(what.to_owned())),
+        }
+    }
+}
+
+/// Creates an object; one that already exists counts as created.
+async fn create<K>(api: &Api<K>, object: &K) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match api.create(&PostParams::default(), object).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+        Err(err) => Err(err),
+    }
+}
+
+async fn merge_status<K>(api: &Api<K>, name: &str, status: &Value) -> kube::Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+        .await
+}
+
+/// Server-side apply under our field manager.
+async fn apply<K>(api: &Api<K>, name: &str, object: &Value) -> kube::Result<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    api.patch(name, &PatchParams::apply(MANAGER), &Patch::Apply(object))
+        .await
+}
+
+fn from_json<K: DeserializeOwned>(value: Value) -> Result<K> {
+    serde_json::from_value(value).context("object literal")
+}
+
+/// The API server's /metrics, parsed enough to sum series.
+struct ApiMetrics(String);
+
+impl ApiMetrics {
+    async fn scrape(client: &Client) -> Result<Self> {
+        let request = kube::core::Request::new("")
+            .get("metrics", &GetParams::default())
+            .context("build /metrics request")?;
+        Ok(Self(
+            client.request_text(request).await.context("GET /metrics")?,
+        ))
+    }
+
+    /// Sum of the series of `name` whose labels include every `(key, value)`; a value starting with `!`
+    /// means "not this value", `2xx` matches any 2xx code, `A|B` either value.
+    fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
+        sum_series(&self.0, name, filter)
+    }
+}
+
+fn sum_series(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
+            None => (series, BTreeMap::new()),
+        };
+        if series_name != name {
+            continue;
+        }
+        let matches = filter.iter().all(|(k, want)| {
+            let have = labels.get(*k).map(String::as_str).unwrap_or("");
+            if let Some(not) = want.strip_prefix('!') {
+                have != not
+            } else if *want == "2xx" {
+                have.starts_with('2')
+            } else {
+                want.split('|').any(|w| have == w)
+            }
+        });
+        if matches {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// `a="x",b="y"` (quoted values, backslash escapes) to a map.
+fn parse_labels(text: &str) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    let mut chars = text.chars().peekable();
+    loop {
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            break;
+        }
+        let mut value = String::new();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some(e) = chars.next() {
+                        value.push(if e == 'n' { '\n' } else { e });
+                    }
+                }
+                '"' => break,
+                c => value.push(c),
+            }
+        }
+        labels.insert(key.trim_start_matches(',').to_owned(), value);
+        if chars.peek() == Some(&',') {
+            chars.next();
+        }
+    }
+    labels
+}
+
+/// Per-phase request counts from two scrapes.
+struct Requests {
+    patch_nodes: f64,
+    patch_nodes_ok: f64,
+    patch_nodes_429: f64,
+    controller: f64,
+    reference: f64,
+    controller_rejected: f64,
+    reference_rejected: f64,
+    all: f64,
+}
+
+fn requests(before: &ApiMetrics, after: &ApiMetrics) -> Requests {
+    let d =
+        |name: &str, filter: &[(&str, &str)]| after.sum(name, filter) - before.sum(name, filter);
+    // Server-side apply is counted as verb APPLY, other patches as PATCH.
+    let patch = [
+        ("verb", "APPLY|PATCH"),
+        ("resource", "nodes"),
+        ("subresource", ""),
+    ];
+    let with_code = |code: &'static str| {
+        let mut f = patch.to_vec();
+        f.push(("code", code));
+        d("apiserver_request_total", &f)
+    };
+    let dispatched = "apiserver_flowcontrol_dispatched_requests_total";
+    let rejected = "apiserver_flowcontrol_rejected_requests_total";
+    Requests {
+        patch_nodes: d("apiserver_request_total", &patch),
+        patch_nodes_ok: with_code("2xx"),
+        patch_nodes_429: with_code("429"),
+        controller: d(dispatched, &[("flow_schema", CONTROLLER_FS)]),
+        reference: d(dispatched, &[("flow_schema", REFERENCE_FS)]),
+        controller_rejected: d(rejected, &[("flow_schema", CONTROLLER_FS)]),
+        reference_rejected: d(rejected, &[("flow_schema", REFERENCE_FS)]),
+        all: d("apiserver_request_total", &[]),
+    }
+}
+
+// ------------------------------------------------------------------------------------------ controller
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn clock_ticks() -> f64 {
+    static TICKS: OnceLock<f64> = OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+            .unwrap_or(100.0)
+    })
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Usage {
+    /// Peak resident set (VmHWM), KiB.
+    peak_rss_kib: u64,
+    rss_kib: u64,
+    cpu_seconds: f64,
+}
+
+fn usage(pid: u32) -> Usage {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces): state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    Usage {
+        peak_rss_kib: field("VmHWM:"),
+        rss_kib: field("VmRSS:"),
+        cpu_seconds: (ticks(11) + ticks(12)) / clock_ticks(),
+    }
+}
+
+/// `osbuild-controller run` as a child process.
+struct ControllerProcess {
+    child: Child,
+    addr: String,
+    log: PathBuf,
+}
+
+impl ControllerProcess {
+    fn spawn(args: &Args, kubeconfig: &Path, work_dir: &Path, tag: &str) -> Result<Self> {
+        let binary = &args.controller;
+        let addr = format!("127.0.0.1:{}", free_port()?);
+        let log = work_dir.join(format!("controller-{tag}.log"));
+        let child = Command::new(binary)
+            .args(["run", "--metrics-addr", &addr, "--log-filter", "warn"])
+            .args(&args.controller_arg)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .with_context(|| format!("start {}", binary.display()))?;
+        Ok(Self { child, addr, log })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn get(&self, path: &str) -> Result<(u16, String)> {
+        let mut stream = tokio::net::TcpStream::connect(&self.addr).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
+            .await?;
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await?;
+        let status = response
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    }
+
+    async fn metric(&self, name: &str) -> f64 {
+        match self.get("/metrics").await {
+            Ok((200, body)) => sum_series(&body, name, &[]),
+            _ => f64::NAN,
+        }
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> Result<Instant> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok((200, _)) = self.get("/readyz").await {
+                return Ok(Instant::now());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the controller exited ({status}); log {}:\n{}",
+                    self.log.display(),
+                    tail(&self.log)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the controller is not ready after {timeout:?}; log:\n{}",
+                    tail(&self.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the controller's reconcile and write counters stop moving for `quiet`.
+    async fn wait_quiet(&self, quiet: Duration, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut last = (f64::NAN, f64::NAN);
+        let mut since = Instant::now();
+        loop {
+            let now = (
+                self.metric("osbuild_reconcile_duration_seconds_count")
+                    .await,
+                self.metric("osbuild_label_writes_total").await,
+            );
+            if now != last || now.0.is_nan() {
+                last = now;
+                since = Instant::now();
+            } else if since.elapsed() >= quiet {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the controller did not settle within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn usage(&self) -> Usage {
+        usage(self.pid())
+    }
+
+    /// SIGTERM; returns the exit status and the usage read just before.
+    async fn stop(mut self) -> Result<(ExitStatus, Usage)> {
+        let before = self.usage();
+        Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok((status, before));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("the controller ignored SIGTERM for 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+// ------------------------------------------------------------------------------------------ setup
+
+/// Namespaces, the two ServiceAccounts, RBAC and the FlowSchemas that count each one's requests.
+async fn setup_identities(
+    admin: &Client,
+    args: &Args,
+    work_dir: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    for ns in [BENCH_NS, DETECT_NS]
+        .into_iter()
+        .map(str::to_owned)
+        .chain((0..POD_NAMESPACES).map(|k| format!("bench-pods-{k}")))
+    {
+        create(
+            &Api::<Namespace>::all(admin.clone()),
+            &from_json(json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+        create(
+            &Api::<ServiceAccount>::namespaced(admin.clone(), &ns),
+            &from_json(json!({"metadata": {"name": "default"}}))?,
+        )
+        .await?;
+    }
+    let role = "osbuild-bench-controller";
+    create(
+        &Api::<ClusterRole>::all(admin.clone()),
+        &from_json(json!({
+            "metadata": {"name": role},
+            "rules": [
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
+            ],
+        }))?,
+    )
+    .await?;
+    let mut kubeconfigs = Vec::new();
+    for (sa, fs) in [(CONTROLLER_SA, CONTROLLER_FS), (REFERENCE_SA, REFERENCE_FS)] {
+        let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), BENCH_NS);
+        create(&accounts, &from_json(json!({"metadata": {"name": sa}}))?).await?;
+        create(
+            &Api::<ClusterRoleBinding>::all(admin.clone()),
+            &from_json(json!({
+                "metadata": {"name": format!("{role}-{sa}")},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": BENCH_NS}],
+            }))?,
+        )
+        .await?;
+        create(
+            &Api::<FlowSchema>::all(admin.clone()),
+            &from_json(json!({
+                "metadata": {"name": fs},
+                "spec": {
+                    "priorityLevelConfiguration": {"name": args.priority_level},
+                    "matchingPrecedence": 500,
+                    "distinguisherMethod": {"type": "ByUser"},
+                    "rules": [{
+                        "subjects": [{"kind": "ServiceAccount", "serviceAccount": {"name": sa, "namespace": BENCH_NS}}],
+                        "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"], "clusterScope": true, "namespaces": ["*"]}],
+                        "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}],
+                    }],
+                },
+            }))?,
+        )
+        .await?;
+        let request: TokenRequest =
+            from_json(json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))?;
+        let token = accounts
+            .create_token_request(sa, &PostParams::default(), &request)
+            .await
+            .context("TokenRequest")?
+            .status
+            .context("token status")?
+            .token;
+        let admin_config = Kubeconfig::read().context("read the admin kubeconfig")?;
+        let cluster = admin_config
+            .clusters
+            .first()
+            .context("no cluster in the admin kubeconfig")?;
+        let config = json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [serde_json::to_value(cluster)?],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
+            "current-context": sa,
+        });
+        let path = work_dir.join(format!("{sa}.kubeconfig"));
+        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        kubeconfigs.push(path);
+    }
+    Ok((kubeconfigs[0].clone(), kubeconfigs[1].clone()))
+}
+
+async fn client_from(path: &Path) -> Result<Client> {
+    let kubeconfig = Kubeconfig::read_from(path)?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+async fn create_nodes(admin: &Client, defs: &[NodeDef], concurrency: usize) -> Result<Duration> {
+    let api: Api<Node> = Api::all(admin.clone());
+    let progress = Progress::start("create nodes", defs.len() as u64);
+    let results: Vec<Result<()>> = futures::stream::iter(defs.iter().enumerate())
+        .map(|(i, def)| {
+            let (api, progress) = (api.clone(), progress.clone());
+            async move {
+                let node = node_object(def, i)?;
+                retry(&format!("create node {}", def.name), || create(&api, &node)).await?;
+                let status = node_status(def, i);
+                retry(&format!("status of node {}", def.name), || {
+                    merge_status(&api, &def.name, &status)
+                })
+                .await?;
+                progress.inc();
+                Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = progress.finish();
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(elapsed)
+}
+
+async fn create_pods(
+    admin: &Client,
+    defs: &[NodeDef],
+    pods: usize,
+    with_status: bool,
+    concurrency: usize,
+) -> Result<Duration> {
+    let progress = Progress::start("create pods", pods as u64);
+    let results: Vec<Result<()>> = futures::stream::iter(0..pods)
+        .map(|j| {
+            let progress = progress.clone();
+            let api: Api<Pod> =
+                Api::namespaced(admin.clone(), &format!("bench-pods-{}", j % POD_NAMESPACES));
+            let node = &defs[j % defs.len()];
+            async move {
+                let name = format!("app-{j:06}");
+                let pod = pod_object(&name, node, j % 500)?;
+                retry(&format!("create pod {name}"), || create(&api, &pod)).await?;
+                if with_status {
+                    let status = running_pod_status(node, j);
+                    retry(&format!("status of pod {name}"), || {
+                        merge_status(&api, &name, &status)
+                    })
+                    .await?;
+                }
+                progress.inc();
+                Ok(())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    let elapsed = progress.finish();
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(elapsed)
+}
+
+// ------------------------------------------------------------------------------------------ phases
+
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Latency {
+    n: usize,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn latency(mut values: Vec<Duration>) -> Latency {
+    values.sort();
+    Latency {
+        n: values.len(),
+        p50: percentile(&values, 0.50),
+        p99: percentile(&values, 0.99),
+        max: values.last().copied().unwrap_or_default(),
+    }
+}
+
+/// The reference: list the nodes, decide like the controller (labels_hold), apply the same label sets with
+/// the same field manager from a plain concurrent loop. Returns when the last apply has answered.
+async fn reference_loop(client: &Client, keys: &LabelKeys, concurrency: usize) -> Result<usize> {
+    let api: Api<Node> = Api::all(client.clone());
+    let mut nodes = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await.context("reference: list nodes")?;
+        nodes.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => break,
+        }
+    }
+    let work: Vec<(String, BTreeMap<String, String>)> = nodes
+        .iter()
+        .filter_map(|node| {
+            let desired = plan(node, keys).desired?;
+            let owned = applied_label_keys(
+                node.metadata.managed_fields.as_deref().unwrap_or_default(),
+                MANAGER,
+            );
+            let current = node.metadata.labels.clone().unwrap_or_default();
+            (!labels_hold(&current, &desired, &owned)).then(|| (node.name_any(), desired))
+        })
+        .collect();
+    drop(nodes);
+    let count = work.len();
+    let apply = |(name, labels): (String, BTreeMap<String, String>)| {
+        let api = api.clone();
+        async move {
+            let patch = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels}});
+            api.patch(&name, &PatchParams::apply(MANAGER), &Patch::Apply(&patch))
+                .await
+                .with_context(|| format!("reference: apply labels to {name}"))
+                .map(|_| ())
+        }
+    };
+    let results: Vec<Result<()>> = if concurrency == 0 {
+        futures::stream::iter(work)
+            .map(apply)
+            .buffer_unordered(usize::MAX)
+            .collect()
+            .await
+    } else {
+        futures::stream::iter(work)
+            .map(apply)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    };
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(count)
+}
+
+/// Applies the empty label set with our field manager: our labels are removed (the controller is stopped).
+async fn remove_labels(admin: &Client, defs: &[NodeDef], concurrency: usize) -> Result<()> {
+    let api: Api<Node> = Api::all(admin.clone());
+    let results: Vec<Result<()>> = futures::stream::iter(defs.iter().filter(|d| d.os == "windows"))
+        .map(|def| {
+            let api = api.clone();
+            async move {
+                let patch = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": def.name, "labels": {}}});
+                retry(&format!("remove labels of {}", def.name), || {
+                    apply(&api, &def.name, &patch)
+                })
+                .await
+                .map(|_| ())
+            }
+        })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    Ok(())
+}
+
+/// Changes the kernelVersion of `changes` (node, new kernel), `rate` per second (0: all at once with
+/// `concurrency`), and returns the relabel latencies (status patch sent → labels seen by the watch).
+async fn churn(
+    admin: &Client,
+    tracker: &Tracker,
+    keys: &LabelKeys,
+    changes: &[(String, String)],
+    rate: u32,
+    concurrency: usize,
+    phase: &str,
+) -> Result<Latency> {
+    let api: Api<Node> = Api::all(admin.clone());
+    let _ = tracker.take();
+    let one = |(name, kernel): (String, String)| {
+        let api = api.clone();
+        async move {
+            tracker.expect(
+                &name,
+                expected_labels("windows", &kernel, keys),
+                Instant::now(),
+            );
+            let patch = json!({"status": {"nodeInfo": {"kernelVersion": kernel}}});
+            retry(&format!("kernelVersion of {name}"), || {
+                merge_status(&api, &name, &patch)
+            })
+            .await
+            .map(|_| ())
+        }
+    };
+    let results: Vec<Result<()>> = if rate == 0 {
+        futures::stream::iter(changes.iter().cloned())
+            .map(one)
+            .buffer_unordered(concurrency)
+            .collect()
+            .await
+    } else {
+        // One change every 1/rate s, each sent as soon as its tick comes (not queued behind the others).
+        let period = Duration::from_secs_f64(1.0 / f64::from(rate));
+        let mut ticker = tokio::time::interval(period);
+        let mut next = changes.iter().cloned();
+        let mut more = true;
+        let mut inflight = futures::stream::FuturesUnordered::new();
+        let mut results = Vec::new();
+        loop {
+            tokio::select! {
+                _ = ticker.tick(), if more => match next.next() {
+                    Some(change) => inflight.push(one(change)),
+                    None => more = false,
+                },
+                Some(result) = inflight.next() => results.push(result),
+                else => break,
+            }
+        }
+        results
+    };
+    results.into_iter().collect::<Result<Vec<()>>>()?;
+    tracker
+        .wait_settled(phase, changes.len() as u64, Duration::from_secs(180))
+        .await?;
+    Ok(latency(tracker.take().0))
+}
+
+/// Detection latency: pods on 17763 hosts running a 20348 image turn into the containerd
+/// RunContainerError mismatch one every 250 ms; time until each one's OSVersionMismatch Event is seen.
+async fn detection(admin: &Client, defs: &[NodeDef], count: usize) -> Result<Latency> {
+    #[derive(serde::Deserialize)]
+    struct Message {
+        message: String,
+        os_mismatch: bool,
+        variant: Option<String>,
+    }
+    let messages: Vec<Message> =
+        serde_json::from_str(include_str!("../tests/data/error_messages.json"))?;
+    let message = messages
+        .into_iter()
+        .find(|m| m.os_mismatch && m.variant.as_deref() == Some("containerd"))
+        .context("no containerd mismatch message in tests/data")?
+        .message;
+    let hosts: Vec<&NodeDef> = defs
+        .iter()
+        .filter(|d| d.kernel.starts_with("10.0.17763."))
+        .take(count)
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), DETECT_NS);
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    for (i, host) in hosts.iter().enumerate() {
+        let name = format!("mismatch-{i:03}");
+        let pod: Pod = from_json(json!({"metadata": {"name": name},
+            "spec": {"nodeName": host.name, "containers": [{"name": "app", "image": image}]}}))?;
+        retry("create detection pod", || create(&pods, &pod)).await?;
+        let status = json!({"status": {"phase": "Pending", "containerStatuses": [{"name": "app", "image": image, "imageID": "",
+            "ready": false, "restartCount": 0, "state": {"waiting": {"reason": "ContainerCreating"}}}]}});
+        retry("status of detection pod", || {
+            merge_status(&pods, &name, &status)
+        })
+        .await?;
+    }
+    let seen: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let synced = Arc::new(AtomicBool::new(false));
+    let watch = {
+        let (seen, synced) = (seen.clone(), synced.clone());
+        let events: Api<CoreEvent> = Api::namespaced(admin.clone(), DETECT_NS);
+        tokio::spawn(async move {
+            let config = watcher::Config::default().fields("reason=OSVersionMismatch");
+            let mut stream = pin!(watcher(events, config).default_backoff());
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) => {
+                        if let Some(name) = e.involved_object.name {
+                            seen.lock()
+                                .unwrap()
+                                .entry(name)
+                                .or_insert_with(Instant::now);
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => synced.store(true, Ordering::SeqCst),
+                    _ => {}
+                }
+            }
+        })
+    };
+    while !synced.load(Ordering::SeqCst) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the detector see the pods in their healthy state first.
+    tokio::time::sleep(quiet()).await;
+    let progress = Progress::start("detection", hosts.len() as u64);
+    let mut sent = HashMap::new();
+    for i in 0..hosts.len() {
+        let name = format!("mismatch-{i:03}");
+        let status = json!({"status": {"containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": false,
+            "restartCount": 0, "state": {"waiting": {"reason": "RunContainerError", "message": message}}}]}});
+        let t0 = Instant::now();
+        retry("mismatch status", || merge_status(&pods, &name, &status)).await?;
+        sent.insert(name, t0);
+        progress.set(seen.lock().unwrap().len() as u64);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = seen.lock().unwrap().len();
+        progress.set(n as u64);
+        if n >= sent.len() {
+            break;
+        }
+        if Instant::now() > deadline {
+            progress.finish();
+            watch.abort();
+            bail!(
+                "detection: only {n} of {} OSVersionMismatch events after 60 s",
+                sent.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    progress.finish();
+    watch.abort();
+    let seen = seen.lock().unwrap().clone();
+    Ok(latency(
+        sent.iter()
+            .filter_map(|(name, t0)| Some(seen.get(name)?.saturating_duration_since(*t0)))
+            .collect(),
+    ))
+}
+
+// ------------------------------------------------------------------------------------------ report
+
+struct ReferenceRun {
+    concurrency: usize,
+    writes: usize,
+    answered: Duration,
+    labelled: Duration,
+    requests: Requests,
+}
+
+fn concurrency_name(concurrency: usize) -> String {
+    if concurrency == 0 {
+        "unbounded".to_owned()
+    } else {
+        concurrency.to_string()
+    }
+}
+
+/// How long the controller's counters must stand still before a phase counts as settled (shorter in
+/// --quick mode).
+static QUIET: OnceLock<Duration> = OnceLock::new();
+
+fn quiet() -> Duration {
+    *QUIET.get_or_init(|| Duration::from_secs(3))
+}
+
+/// A short pause between phases so that the API server's queues drain.
+async fn controller_quiet_pause() {
+    tokio::time::sleep(quiet()).await;
+}
+
+#[derive(Default)]
+struct Results {
+    nodes: usize,
+    windows: usize,
+    pods: usize,
+    create_nodes: Duration,
+    create_pods: Duration,
+    cold_ready: Duration,
+    cold_start: Duration,
+    cold: Option<Requests>,
+    cold_label_writes: f64,
+    cold_usage: Usage,
+    cold_exit: String,
+    restart_ready: Duration,
+    restart: Option<Requests>,
+    restart_label_writes: f64,
+    restart_usage: Usage,
+    /// The reference runs; the first is the one the cold start is compared with.
+    references: Vec<ReferenceRun>,
+    reference: Duration,
+    final_ready: Duration,
+    final_start: Option<Requests>,
+    churn_nodes: usize,
+    churn_paced: Latency,
+    churn_burst: Latency,
+    detect: Latency,
+    steady: Option<Requests>,
+    steady_cpu: f64,
+    final_usage: Usage,
+    final_exit: String,
+    wrong: Vec<String>,
+    failures: Vec<String>,
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2} s", d.as_secs_f64())
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn command_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> Vec<(String, String)> {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    vec![
+        (
+            "CPUs (nproc)".into(),
+            std::thread::available_parallelism()
+                .map(|n| n.to_string())
+                .unwrap_or_default(),
+        ),
+        ("CPU model".into(), model),
+        (
+            "memory".into(),
+            format!("{:.1} GiB", mem_kib as f64 / 1024.0 / 1024.0),
+        ),
+        (
+            "kernel".into(),
+            std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        ),
+    ]
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "yes" } else { "**no**" }
+}
+
+fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "# osbuild-controller benchmark\n");
+    let _ = writeln!(
+        w,
+        "N = {} nodes ({} Windows), P = {} pods{}. Generated by `examples/bench.rs`; see docs/benchmarks.md.\n",
+        r.nodes,
+        r.windows,
+        r.pods,
+        if args.quick {
+            " (--quick: the targets are set for N = 5,000 and P = 50,000; at this size fixed costs such as process start and the 100 ms debounce dominate the cold-start ratio)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        w,
+        "Controller: `osbuild-controller run --metrics-addr ... --log-filter warn{}`.\n",
+        args.controller_arg
+            .iter()
+            .map(|a| format!(" {a}"))
+            .collect::<String>()
+    );
+    let _ = writeln!(w, "## Machine and versions\n\n| | |\n|---|---|");
+    for (k, v) in machine().iter().chain(versions) {
+        let _ = writeln!(w, "| {k} | {v} |");
+    }
+    let cold = r.cold.as_ref();
+    let writes_ok = cold.map_or(0.0, |c| c.patch_nodes_ok);
+    let per_node = writes_ok / r.windows.max(1) as f64;
+    let restart_writes = r.restart.as_ref().map_or(f64::NAN, |c| c.patch_nodes);
+    let final_writes = r.final_start.as_ref().map_or(f64::NAN, |c| c.patch_nodes);
+    let ratio = r.cold_start.as_secs_f64() / r.reference.as_secs_f64().max(1e-9);
+    let peak = r
+        .cold_usage
+        .peak_rss_kib
+        .max(r.restart_usage.peak_rss_kib)
+        .max(r.final_usage.peak_rss_kib);
+    let steady = r.steady.as_ref().map_or(f64::NAN, |s| s.controller);
+    let _ = writeln!(
+        w,
+        "\n## Results vs targets\n\n| measure | result | target | met |\n|---|---|---|---|"
+    );
+    let _ = writeln!(
+        w,
+        "| cold start: all {} Windows nodes labelled (from process start) | {} | ≤ 1.5 × reference ({}, concurrency {}) | {} ({ratio:.2}×) |",
+        r.windows,
+        secs(r.cold_start),
+        secs(r.reference),
+        r.references
+            .first()
+            .map_or("-".to_owned(), |run| concurrency_name(run.concurrency)),
+        verdict(ratio <= 1.5)
+    );
+    for run in r.references.iter().skip(1) {
+        let _ = writeln!(
+            w,
+            "| reference at concurrency {} (for comparison) | {} ({:.2}× the cold start) | | |",
+            concurrency_name(run.concurrency),
+            secs(run.labelled),
+            run.labelled.as_secs_f64() / r.cold_start.as_secs_f64().max(1e-9)
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| label writes per node that needs one (API server: node patches with a 2xx answer) | {per_node:.3} ({writes_ok} for {} nodes; controller counted {}) | exactly 1 | {} |",
+        r.windows,
+        r.cold_label_writes,
+        verdict(writes_ok as usize == r.windows)
+    );
+    let _ = writeln!(
+        w,
+        "| writes by a restarted controller, labels right (its own / the reference's) | {restart_writes} / {final_writes} | 0 | {} |",
+        verdict(restart_writes == 0.0 && final_writes == 0.0)
+    );
+    let _ = writeln!(
+        w,
+        "| relabel latency, {} kernelVersion changes at {}/s: p50 / p99 (max) | {} / {} ({}) | p99 < 2 s | {} |",
+        r.churn_paced.n,
+        args.churn_rate,
+        secs(r.churn_paced.p50),
+        secs(r.churn_paced.p99),
+        secs(r.churn_paced.max),
+        verdict(r.churn_paced.p99 < Duration::from_secs(2))
+    );
+    let _ = writeln!(
+        w,
+        "| relabel latency, the same {} changes at once: p50 / p99 (max) | {} / {} ({}) | (burst, no target) | |",
+        r.churn_burst.n,
+        secs(r.churn_burst.p50),
+        secs(r.churn_burst.p99),
+        secs(r.churn_burst.max)
+    );
+    let _ = writeln!(
+        w,
+        "| detection latency, {} pods: p50 / p99 (max) | {} / {} ({}) | p99 < 2 s | {} |",
+        r.detect.n,
+        secs(r.detect.p50),
+        secs(r.detect.p99),
+        secs(r.detect.max),
+        verdict(r.detect.p99 < Duration::from_secs(2))
+    );
+    let _ = writeln!(
+        w,
+        "| controller peak RSS (VmHWM, max over the three processes) | {} | < 64 MiB | {} |",
+        mib(peak),
+        verdict(peak < 64 * 1024)
+    );
+    let _ = writeln!(
+        w,
+        "| controller CPU, cold start (process start → all labelled) | {:.2} s | | |",
+        r.cold_usage.cpu_seconds
+    );
+    let _ = writeln!(
+        w,
+        "| controller requests in {} s idle (steady state) | {steady} | | |",
+        args.steady_seconds
+    );
+    let _ = writeln!(
+        w,
+        "| wrong label sets seen by the watch | {} | 0 | {} |",
+        r.wrong.len(),
+        verdict(r.wrong.is_empty())
+    );
+
+    let _ = writeln!(w, "\n## Details\n");
+    let _ = writeln!(
+        w,
+        "| phase | measure |\n|---|---|\n| create {} nodes (create + status) | {} |\n| create {} pods (create{}) | {} |",
+        r.nodes,
+        secs(r.create_nodes),
+        r.pods,
+        if args.no_pod_status {
+            ""
+        } else {
+            " + Running status"
+        },
+        secs(r.create_pods)
+    );
+    if let Some(c) = cold {
+        let _ = writeln!(
+            w,
+            "| cold start | ready (/readyz 200: nodes, pods and events watches synced) after {}; all labelled after {}; node patches (verb APPLY or PATCH): {} (2xx {}, 429 {}); controller requests {} (APF-rejected {}); peak RSS {}; CPU {:.2} s; {} after SIGTERM |",
+            secs(r.cold_ready),
+            secs(r.cold_start),
+            c.patch_nodes,
+            c.patch_nodes_ok,
+            c.patch_nodes_429,
+            c.controller,
+            c.controller_rejected,
+            mib(r.cold_usage.peak_rss_kib),
+            r.cold_usage.cpu_seconds,
+            r.cold_exit
+        );
+    }
+    if let Some(c) = &r.restart {
+        let _ = writeln!(
+            w,
+            "| restart, labels right | ready after {}; node patches {}; osbuild_label_writes_total {}; controller requests {}; peak RSS {}; CPU {:.2} s |",
+            secs(r.restart_ready),
+            c.patch_nodes,
+            r.restart_label_writes,
+            c.controller,
+            mib(r.restart_usage.peak_rss_kib),
+            r.restart_usage.cpu_seconds
+        );
+    }
+    for run in &r.references {
+        let c = &run.requests;
+        let _ = writeln!(
+            w,
+            "| reference ({} applies, concurrency {}) | all answered after {}; all labelled (watch) after {}; node patches {} (2xx {}, 429 {}); reference requests {} (APF-rejected {}) |",
+            run.writes,
+            concurrency_name(run.concurrency),
+            secs(run.answered),
+            secs(run.labelled),
+            c.patch_nodes,
+            c.patch_nodes_ok,
+            c.patch_nodes_429,
+            c.reference,
+            c.reference_rejected
+        );
+    }
+    if let Some(c) = &r.final_start {
+        let _ = writeln!(
+            w,
+            "| start after the reference (labels right, applied by the reference under our field manager) | ready after {}; node patches {} |",
+            secs(r.final_ready),
+            c.patch_nodes
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| churn | {} nodes 17763 → 20348 at {}/s, then back all at once |",
+        r.churn_nodes, args.churn_rate
+    );
+    if let Some(s) = &r.steady {
+        let _ = writeln!(
+            w,
+            "| steady state ({} s idle) | controller requests {}; all API server requests {} (scheduler, the API server's own leases, our scrapes); controller CPU {:.3} s |",
+            args.steady_seconds, s.controller, s.all, r.steady_cpu
+        );
+    }
+    let _ = writeln!(
+        w,
+        "| final controller | peak RSS {}, RSS {} at the end; {} after SIGTERM |",
+        mib(r.final_usage.peak_rss_kib),
+        mib(r.final_usage.rss_kib),
+        r.final_exit
+    );
+    let _ = writeln!(
+        w,
+        "\nThe controller runs as ServiceAccount `{BENCH_NS}/{CONTROLLER_SA}`, the reference as `{BENCH_NS}/{REFERENCE_SA}`; \
+         FlowSchemas `{CONTROLLER_FS}` / `{REFERENCE_FS}` put each in priority level `{}` and make \
+         `apiserver_flowcontrol_dispatched_requests_total` count exactly its requests. Latencies run from the moment the bench sends \
+         the status patch to the moment its own watch sees the new labels (or the Event).",
+        args.priority_level
+    );
+    if !r.wrong.is_empty() || !r.failures.is_empty() {
+        let _ = writeln!(w, "\n## Problems\n");
+        for f in &r.failures {
+            let _ = writeln!(w, "- {f}");
+        }
+        for f in r.wrong.iter().take(20) {
+            let _ = writeln!(w, "- wrong labels: {f}");
+        }
+    }
+    md
+}
+
+// ------------------------------------------------------------------------------------------ main
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let _ = started();
+    let mut args = Args::parse();
+    if args.quick {
+        args.nodes = 50;
+        args.pods = 200;
+        args.detect_pods = 10;
+        args.steady_seconds = 5;
+        let _ = QUIET.set(Duration::from_secs(1));
+    }
+    let work_dir = args.work_dir.clone().unwrap_or_else(|| {
+        let stem = args
+            .report
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "bench".into());
+        args.report
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("{stem}.work"))
+    });
+    std::fs::create_dir_all(&work_dir)?;
+    anyhow::ensure!(
+        args.controller.exists(),
+        "controller binary {} not found (cargo build --release)",
+        args.controller.display()
+    );
+    let keys = LabelKeys::default();
+    let admin = Client::try_default()
+        .await
+        .context("admin client from KUBECONFIG")?;
+    let version = admin
+        .apiserver_version()
+        .await
+        .context("the control plane does not answer")?;
+    let existing = Api::<Node>::all(admin.clone())
+        .list(
+            &ListParams::default()
+                .labels(&format!("{BENCH_LABEL}=1"))
+                .limit(1),
+        )
+        .await?;
+    if !existing.items.is_empty() {
+        bail!(
+            "the cluster already has bench nodes; run scripts/bench, which starts a fresh control plane"
+        );
+    }
+    let mut versions = vec![
+        (
+            "Kubernetes (kube-apiserver)".to_owned(),
+            version.git_version.clone(),
+        ),
+        (
+            "osbuild-controller".to_owned(),
+            command_line(&args.controller.to_string_lossy(), &["--version"]),
+        ),
+        ("rustc".to_owned(), command_line("rustc", &["--version"])),
+        (
+            "source".to_owned(),
+            format!(
+                "git {}",
+                command_line("git", &["describe", "--always", "--dirty"])
+            ),
+        ),
+    ];
+    if let Some(bindir) = &args.bindir {
+        versions.push((
+            "etcd".to_owned(),
+            command_line(&bindir.join("etcd").to_string_lossy(), &["--version"]),
+        ));
+    }
+    log(format!(
+        "N={} nodes, P={} pods against {} ({}); work dir {}",
+        args.nodes,
+        args.pods,
+        admin_url().unwrap_or_default(),
+        version.git_version,
+        work_dir.display()
+    ));
+
+    let (controller_kubeconfig, reference_kubeconfig) =
+        setup_identities(&admin, &args, &work_dir).await?;
+    let defs = node_defs(args.nodes);
+    let mut r = Results {
+        nodes: args.nodes,
+        windows: defs.iter().filter(|d| d.os == "windows").count(),
+        pods: args.pods,
+        ..Default::default()
+    };
+
+    // ---- create
+    r.create_nodes = create_nodes(&admin, &defs, args.create_concurrency).await?;
+    r.create_pods = create_pods(
+        &admin,
+        &defs,
+        args.pods,
+        !args.no_pod_status,
+        args.create_concurrency,
+    )
+    .await?;
+
+    if args.setup_only {
+        log(format!(
+            "setup done; the controller's kubeconfig is {}",
+            controller_kubeconfig.display()
+        ));
+        return Ok(());
+    }
+
+    let tracker = Arc::new(Tracker::default());
+    spawn_node_watch(admin.clone(), tracker.clone());
+    while !tracker.synced() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let settle_timeout = Duration::from_secs(120 + args.nodes as u64 / 5);
+
+    // ---- cold start
+    let before = ApiMetrics::scrape(&admin).await?;
+    let t0 = Instant::now();
+    for def in &defs {
+        tracker.expect(&def.name, expected_labels(def.os, &def.kernel, &keys), t0);
+    }
+    let _ = tracker.take();
+    log("cold start: starting the controller");
+    let mut controller =
+        ControllerProcess::spawn(&args, &controller_kubeconfig, &work_dir, "cold")?;
+    r.cold_ready = controller
+        .wait_ready(settle_timeout)
+        .await?
+        .duration_since(t0);
+    tracker
+        .wait_settled(
+            "cold start: nodes labelled",
+            r.windows as u64,
+            settle_timeout,
+        )
+        .await?;
+    let (_, last) = tracker.take();
+    r.cold_start = last.map_or(Duration::ZERO, |l| l.duration_since(t0));
+    r.cold_usage = controller.usage();
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+    r.cold = Some(requests(&before, &ApiMetrics::scrape(&admin).await?));
+    r.cold_label_writes = controller.metric("osbuild_label_writes_total").await;
+    let (status, usage) = controller.stop().await?;
+    r.cold_usage.peak_rss_kib = usage.peak_rss_kib;
+    r.cold_exit = status.to_string();
+    log(format!(
+        "cold start: {} (ready {}), peak RSS {}",
+        secs(r.cold_start),
+        secs(r.cold_ready),
+        mib(usage.peak_rss_kib)
+    ));
+
+    // ---- restart with every label right: no writes
+    let before = ApiMetrics::scrape(&admin).await?;
+    let t0 = Instant::now();
+    let mut controller =
+        ControllerProcess::spawn(&args, &controller_kubeconfig, &work_dir, "restart")?;
+    r.restart_ready = controller
+        .wait_ready(settle_timeout)
+        .await?
+        .duration_since(t0);
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+    r.restart = Some(requests(&before, &ApiMetrics::scrape(&admin).await?));
+    r.restart_label_writes = controller.metric("osbuild_label_writes_total").await;
+    let (_, usage) = controller.stop().await?;
+    r.restart_usage = usage;
+    log(format!(
+        "restart: ready after {}, {} label writes",
+        secs(r.restart_ready),
+        r.restart_label_writes
+    ));
+
+    // ---- the reference, once per concurrency
+    let reference_client = client_from(&reference_kubeconfig).await?;
+    for &concurrency in &args.reference_concurrency {
+        log(format!(
+            "reference (concurrency {}): removing our labels (apply of the empty set under our field manager)",
+            concurrency_name(concurrency)
+        ));
+        let since = Instant::now();
+        for def in &defs {
+            tracker.expect(&def.name, BTreeMap::new(), since);
+        }
+        remove_labels(&admin, &defs, args.create_concurrency).await?;
+        tracker
+            .wait_settled(
+                "reference: labels removed",
+                r.windows as u64,
+                settle_timeout,
+            )
+            .await?;
+        let before = ApiMetrics::scrape(&admin).await?;
+        let t0 = Instant::now();
+        for def in &defs {
+            tracker.expect(&def.name, expected_labels(def.os, &def.kernel, &keys), t0);
+        }
+        let _ = tracker.take();
+        let writes = reference_loop(&reference_client, &keys, concurrency).await?;
+        let answered = t0.elapsed();
+        tracker
+            .wait_settled(
+                "reference: nodes labelled",
+                r.windows as u64,
+                settle_timeout,
+            )
+            .await?;
+        let (_, last) = tracker.take();
+        let run = ReferenceRun {
+            concurrency,
+            writes,
+            answered,
+            labelled: last.map_or(Duration::ZERO, |l| l.duration_since(t0)),
+            requests: requests(&before, &ApiMetrics::scrape(&admin).await?),
+        };
+        log(format!(
+            "reference (concurrency {}): {}",
+            concurrency_name(concurrency),
+            secs(run.labelled)
+        ));
+        r.references.push(run);
+        controller_quiet_pause().await;
+    }
+    drop(reference_client);
+    r.reference = r
+        .references
+        .first()
+        .map_or(Duration::ZERO, |run| run.labelled);
+
+    // ---- the controller that stays: churn, detection, steady state
+    let before = ApiMetrics::scrape(&admin).await?;
+    let t0 = Instant::now();
+    let mut controller =
+        ControllerProcess::spawn(&args, &controller_kubeconfig, &work_dir, "final")?;
+    r.final_ready = controller
+        .wait_ready(settle_timeout)
+        .await?
+        .duration_since(t0);
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+    r.final_start = Some(requests(&before, &ApiMetrics::scrape(&admin).await?));
+
+    let churn_count = ((args.nodes as f64 * args.churn_percent / 100.0).round() as usize).max(1);
+    let changes: Vec<(String, String)> = defs
+        .iter()
+        .filter(|d| d.kernel.starts_with("10.0.17763."))
+        .take(churn_count)
+        .enumerate()
+        .map(|(i, d)| (d.name.clone(), format!("10.0.20348.{}", REV_20348[i % 6])))
+        .collect();
+    r.churn_nodes = changes.len();
+    r.churn_paced = churn(
+        &admin,
+        &tracker,
+        &keys,
+        &changes,
+        args.churn_rate,
+        args.create_concurrency,
+        "churn (paced)",
+    )
+    .await?;
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+    let revert: Vec<(String, String)> = changes
+        .iter()
+        .map(|(name, _)| {
+            let def = defs.iter().find(|d| d.name == *name).expect("churned node");
+            (name.clone(), def.kernel.clone())
+        })
+        .collect();
+    r.churn_burst = churn(
+        &admin,
+        &tracker,
+        &keys,
+        &revert,
+        0,
+        args.create_concurrency,
+        "churn (burst)",
+    )
+    .await?;
+    log(format!(
+        "churn: paced p99 {}, burst p99 {}",
+        secs(r.churn_paced.p99),
+        secs(r.churn_burst.p99)
+    ));
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+
+    r.detect = detection(&admin, &defs, args.detect_pods).await?;
+    log(format!("detection: p99 {}", secs(r.detect.p99)));
+
+    controller.wait_quiet(quiet(), settle_timeout).await?;
+    log(format!("steady state: {} s idle", args.steady_seconds));
+    let before = ApiMetrics::scrape(&admin).await?;
+    let cpu_before = controller.usage().cpu_seconds;
+    let progress = Progress::start("steady state", args.steady_seconds);
+    for s in 1..=args.steady_seconds {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        progress.set(s);
+    }
+    progress.finish();
+    r.steady = Some(requests(&before, &ApiMetrics::scrape(&admin).await?));
+    r.steady_cpu = controller.usage().cpu_seconds - cpu_before;
+    let (status, usage) = controller.stop().await?;
+    r.final_usage = usage;
+    r.final_exit = status.to_string();
+
+    // ---- correctness checks (performance targets are reported, not enforced)
+    r.wrong = tracker.wrong();
+    let cold = r.cold.as_ref().expect("cold");
+    if cold.patch_nodes_ok as usize != r.windows {
+        r.failures.push(format!(
+            "cold start wrote {} times for {} Windows nodes",
+            cold.patch_nodes_ok, r.windows
+        ));
+    }
+    for (what, requests) in [
+        ("restart", &r.restart),
+        ("start after the reference", &r.final_start),
+    ] {
+        let writes = requests.as_ref().map_or(-1.0, |c| c.patch_nodes);
+        if writes != 0.0 {
+            r.failures.push(format!(
+                "{what}: {writes} node patches with every label right"
+            ));
+        }
+    }
+    for (what, exit) in [("cold", &r.cold_exit), ("final", &r.final_exit)] {
+        if !exit.contains("exit status: 0") {
+            r.failures
+                .push(format!("{what} controller exit after SIGTERM: {exit}"));
+        }
+    }
+
+    let text = report(&args, &r, &versions);
+    std::fs::write(&args.report, &text)
+        .with_context(|| format!("write {}", args.report.display()))?;
+    println!("{text}");
+    log(format!("report written to {}", args.report.display()));
+    if !r.wrong.is_empty() || !r.failures.is_empty() {
+        bail!(
+            "correctness problems: {} wrong label sets, {:?}",
+            r.wrong.len(),
+            r.failures
+        );
+    }
+    Ok(())
+}
+
+fn admin_url() -> Option<String> {
+    let config = Kubeconfig::read().ok()?;
+    config.clusters.first()?.cluster.as_ref()?.server.clone()
+}
