@@ -38,9 +38,15 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     let listener = server::bind(args.metrics_addr)
         .await
         .with_context(|| format!("cannot listen on --metrics-addr {}", args.metrics_addr))?;
-    let client = Client::try_default().await.context(
-        "cannot build a Kubernetes client from KUBECONFIG or the in-cluster service account",
-    )?;
+    let mut config = kube::Config::infer()
+        .await
+        .context("cannot find Kubernetes client configuration (KUBECONFIG or the in-cluster service account)")?;
+    // kube retries 429, 503 and 504 itself, up to 15 times over minutes, invisibly: throttling and outages
+    // would show in no metric, and a reconcile could hold a concurrency slot for minutes. Without it, every
+    // failure reaches error_policy (counted by category, requeued in seconds) or the watcher's backoff
+    // (counted, shown in readiness).
+    config.default_retry = false;
+    let client = Client::try_from(config).context("cannot build a Kubernetes client")?;
     tracing::info!(
         metrics_addr = %args.metrics_addr,
         osbuild_label = keys.osbuild(),

@@ -395,6 +395,25 @@ async fn throttled_429_converges() {
         rejected_during > 0.0,
         "the burst must have been throttled (apiserver_flowcontrol_rejected_requests_total)"
     );
+    // Every rejected request surfaces in a metric: kube's own silent retry is off (src/run.rs).
+    let mut seen = metric(
+        &controller,
+        "osbuild_reconcile_errors_total",
+        &[("category", "throttled")],
+    )
+    .await;
+    for resource in ["nodes", "pods", "pod-sandbox-events"] {
+        seen += metric(
+            &controller,
+            "osbuild_watch_errors_total",
+            &[("resource", resource)],
+        )
+        .await;
+    }
+    assert!(
+        seen >= 1.0,
+        "{rejected_during} requests were throttled, but no metric counted any"
+    );
     assert_eq!(controller.get("/healthz").await.0, 200);
 
     schemas
