@@ -14,15 +14,13 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use kube::api::{ListParams, PostParams};
-use kube::config::Kubeconfig;
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -83,28 +81,8 @@ async fn service_account_kubeconfig(
     name: &str,
     tag: &str,
 ) -> PathBuf {
-    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
-    let request: TokenRequest =
-        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-            .unwrap();
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
-        .status
-        .expect("token status")
-        .token;
-    let admin = Kubeconfig::read_from(support::kubeconfig()).expect("admin kubeconfig");
-    let cluster = serde_json::to_value(&admin.clusters[0]).expect("cluster entry");
-    let config = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [cluster],
-        "users": [{"name": name, "user": {"token": token}}],
-        "contexts": [{"name": name, "context": {"cluster": admin.clusters[0].name, "user": name}}],
-        "current-context": name,
-    });
     let path = std::env::temp_dir().join(format!("{tag}-{namespace}-{name}.kubeconfig"));
-    std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).expect("write kubeconfig");
+    support::token_kubeconfig(client, support::kubeconfig(), namespace, name, &path).await;
     path
 }
 

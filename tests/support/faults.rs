@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{GetParams, ListParams, PostParams};
@@ -225,28 +224,9 @@ impl ControlPlane {
             .create(&PostParams::default(), &binding)
             .await
             .expect("create cluster role binding");
-        let request: TokenRequest =
-            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-                .unwrap();
-        let token = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest")
-            .status
-            .expect("token status")
-            .token;
-        let admin = Kubeconfig::read_from(&self.kubeconfig).expect("admin kubeconfig");
-        let cluster = serde_json::to_value(&admin.clusters[0]).expect("cluster entry");
-        let config = json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [cluster],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {"cluster": admin.clusters[0].name, "user": name}}],
-            "current-context": name,
-        });
         let path = self.dir.join(format!("{name}.kubeconfig"));
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap())
-            .expect("write kubeconfig");
+        crate::support::token_kubeconfig(client, &self.kubeconfig, &env.namespace, name, &path)
+            .await;
         path
     }
 }

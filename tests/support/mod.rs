@@ -57,6 +57,39 @@ pub fn kubeconfig() -> &'static Path {
     })
 }
 
+/// Writes to `path` a kubeconfig for the control plane of `admin_kubeconfig` that authenticates as the
+/// existing ServiceAccount `namespace/name`, with a token from the TokenRequest API: the identity the
+/// controller has in a cluster.
+pub async fn token_kubeconfig(
+    client: &Client,
+    admin_kubeconfig: &Path,
+    namespace: &str,
+    name: &str,
+    path: &Path,
+) {
+    let request: TokenRequest =
+        serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
+            .unwrap();
+    let token = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(name, &PostParams::default(), &request)
+        .await
+        .unwrap_or_else(|e| panic!("TokenRequest for {namespace}/{name}: {e}"))
+        .status
+        .expect("token status")
+        .token;
+    let admin = Kubeconfig::read_from(admin_kubeconfig).expect("admin kubeconfig");
+    let cluster = serde_json::to_value(&admin.clusters[0]).expect("cluster entry");
+    let config = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": name, "context": {"cluster": admin.clusters[0].name, "user": name}}],
+        "current-context": name,
+    });
+    // JSON is YAML, so every kubeconfig reader takes it.
+    std::fs::write(path, serde_json::to_vec_pretty(&config).unwrap()).expect("write kubeconfig");
+}
+
 /// The kubectl built with the control plane (same cache layout as tests/control-plane/build.sh).
 pub fn kubectl() -> PathBuf {
     let versions = std::fs::read_to_string(repo_root().join("tests/control-plane/versions.env"))
@@ -310,29 +343,8 @@ impl TestEnv {
             .create(&PostParams::default(), &sa)
             .await
             .expect("create service account");
-        let request: TokenRequest =
-            serde_json::from_value(json!({"spec": {"audiences": [], "expirationSeconds": 3600}}))
-                .unwrap();
-        let token = accounts
-            .create_token_request(name, &PostParams::default(), &request)
-            .await
-            .expect("TokenRequest")
-            .status
-            .expect("token status")
-            .token;
-        let admin = Kubeconfig::read_from(kubeconfig()).expect("admin kubeconfig");
-        let cluster = serde_json::to_value(&admin.clusters[0]).expect("cluster entry");
-        let config = json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [cluster],
-            "users": [{"name": name, "user": {"token": token}}],
-            "contexts": [{"name": name, "context": {"cluster": admin.clusters[0].name, "user": name}}],
-            "current-context": name,
-        });
         let path = std::env::temp_dir().join(format!("{}-{name}.kubeconfig", self.prefix));
-        // JSON is YAML, so every kubeconfig reader takes it.
-        std::fs::write(&path, serde_json::to_vec_pretty(&config).unwrap())
-            .expect("write kubeconfig");
+        token_kubeconfig(&self.client, kubeconfig(), &self.namespace, name, &path).await;
         path
     }
 
