@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{GetParams, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -155,24 +155,7 @@ impl ControlPlane {
 
     /// A [`TestEnv`] on this control plane: a namespace (with its `default` ServiceAccount) and a prefix.
     pub async fn env(&self, test: &str) -> TestEnv {
-        let client = self.client().await;
-        let prefix = unique_prefix(test);
-        let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": prefix}})).unwrap();
-        Api::<Namespace>::all(client.clone())
-            .create(&PostParams::default(), &ns)
-            .await
-            .expect("create namespace");
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
-        Api::<ServiceAccount>::namespaced(client.clone(), &prefix)
-            .create(&PostParams::default(), &sa)
-            .await
-            .expect("create default service account");
-        TestEnv {
-            client,
-            namespace: prefix.clone(),
-            prefix,
-        }
+        TestEnv::with_client(self.client().await, test).await
     }
 
     /// A copy of the admin kubeconfig whose server is `127.0.0.1:port` (e.g. a [`Proxy`]); the serving

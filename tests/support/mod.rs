@@ -205,7 +205,11 @@ impl TestEnv {
     /// A client, a fresh namespace (with its `default` ServiceAccount, which kube-controller-manager would
     /// create; we run none) and a unique prefix.
     pub async fn new(test: &str) -> Self {
-        let client = client().await;
+        Self::with_client(client().await, test).await
+    }
+
+    /// The same on another control plane (the fault tests' own), given its client.
+    pub async fn with_client(client: Client, test: &str) -> Self {
         let prefix = unique_prefix(test);
         let namespace = prefix.clone();
         let namespaces: Api<Namespace> = Api::all(client.clone());
