@@ -23,7 +23,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the controller in a cluster (or against KUBECONFIG): label Windows nodes, serve metrics and health.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Explain a node's status.nodeInfo.kernelVersion: build, revision, release and the labels it gets.
     Explain(ExplainArgs),
     /// Tell whether a host runs an image, with process and with Hyper-V isolation.
@@ -103,10 +103,22 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where the cluster is: kubectl's `--kubeconfig`, else `$KUBECONFIG`, `~/.kube/config`, or the in-cluster
+/// service account.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Path to a kubeconfig file (as kubectl's --kubeconfig); by default $KUBECONFIG, ~/.kube/config, or
+    /// the in-cluster service account.
+    #[arg(long, env = "OSBUILD_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub labels: LabelArgs,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Address of the /metrics, /healthz and /readyz endpoints.
     #[arg(long, env = "OSBUILD_METRICS_ADDR", default_value = "0.0.0.0:8080")]
     pub metrics_addr: SocketAddr,
@@ -128,9 +140,15 @@ pub struct RunArgs {
     /// Name of the Lease used for leader election.
     #[arg(long, env = "OSBUILD_LEASE_NAME", default_value = "osbuild-controller")]
     pub lease_name: String,
-    /// Namespace of the Lease; defaults to $POD_NAMESPACE, else "default".
+    /// Namespace of the Lease; defaults to the controller's own namespace (--pod-namespace), else "default".
     #[arg(long, env = "OSBUILD_LEASE_NAMESPACE")]
     pub lease_namespace: Option<String>,
+    /// This replica's pod name (from the Downward API): its identity in the Lease and on Events.
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
+    /// This replica's namespace (from the Downward API): where the Lease lives by default.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "NAMESPACE")]
+    pub pod_namespace: Option<String>,
     /// How long a leader's lease lasts without renewal before another replica may take over.
     #[arg(long, env = "OSBUILD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
@@ -149,6 +167,28 @@ pub struct RunArgs {
     /// Log filter, in RUST_LOG syntax (e.g. "info", "osbuild_controller=debug,kube=warn").
     #[arg(long, env = "OSBUILD_LOG_FILTER", default_value = "info")]
     pub log_filter: String,
+}
+
+impl RunArgs {
+    /// The Lease's namespace: `--lease-namespace`, else our own, else "default".
+    pub fn lease_namespace(&self) -> String {
+        self.lease_namespace
+            .clone()
+            .or_else(|| self.pod_namespace.clone())
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| "default".to_owned())
+    }
+
+    /// This replica's name in the Lease: the pod name in a cluster, else host name and process id.
+    pub fn identity(&self) -> String {
+        self.pod_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| {
+                let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+                format!("{}-{}", host.trim(), std::process::id())
+            })
+    }
 }
 
 /// Parses "90s", "10m", "1h" or a bare number of seconds.

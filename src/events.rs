@@ -1,39 +1,6 @@
-//! What both halves share for reporting: Kubernetes Events with bounded notes, and static categories for
-//! API errors (metric label values and log fields, never unbounded strings).
-
-use k8s_openapi::api::core::v1::ObjectReference;
-use kube::runtime::events::{Event, EventType, Recorder};
-
-use crate::metrics::Metrics;
-
-/// Publishes a Warning Event; a failure is logged and counted (`reconcile_errors_total{category="event"}`),
-/// never fatal: the label or finding it reports on stands without it.
-pub async fn publish_warning(
-    recorder: &Recorder,
-    metrics: &Metrics,
-    reference: &ObjectReference,
-    reason: &str,
-    action: &str,
-    note: String,
-) {
-    let event = Event {
-        type_: EventType::Warning,
-        reason: reason.to_owned(),
-        note: Some(truncate_note(note)),
-        action: action.to_owned(),
-        secondary: None,
-    };
-    if let Err(err) = recorder.publish(&event, reference).await {
-        metrics.reconcile_errors.with_label_values(&["event"]).inc();
-        tracing::warn!(
-            kind = reference.kind.as_deref().unwrap_or_default(),
-            name = reference.name.as_deref().unwrap_or_default(),
-            reason,
-            error = %err,
-            "cannot publish event"
-        );
-    }
-}
+//! Reporting helpers every loop shares: Event notes bounded to what the API server accepts, and static
+//! categories for API errors (metric label values and log fields, never unbounded strings). Publishing
+//! itself is `Shared::publish`.
 
 /// The API server refuses Event notes over 1 kB.
 pub const MAX_NOTE_BYTES: usize = 1024;

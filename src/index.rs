@@ -1,4 +1,4 @@
-//! The one Node watch of the process: a reflector store of trimmed Nodes (the index both halves read) and
+//! The one Node watch of the process: a reflector store of trimmed Nodes (the index every loop reads) and
 //! the stream of changed Nodes that drives the node controller.
 //!
 //! Nodes are large (images, conditions, managedFields of every manager) and heartbeat every few seconds. We
@@ -15,84 +15,21 @@ use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::core::catalog::release_for_build;
-use crate::core::compat::process_isolation_builds;
+use crate::FIELD_MANAGER;
 use crate::core::labels::LabelKeys;
-use crate::core::labels::osbuild_value;
-use crate::core::version::{KernelVersion, WindowsVersion, parse_kernel_version};
 use crate::health::Health;
 use crate::metrics::Metrics;
+use crate::node_info::{OS_LABEL, is_opted_out, kernel_version};
 use crate::ownership::applied_label_keys;
-
-/// The kubelet's OS label; either it or `status.nodeInfo.operatingSystem` marks a Windows node.
-pub const OS_LABEL: &str = "kubernetes.io/os";
-
-pub fn is_windows(node: &Node) -> bool {
-    let reported = node
-        .status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .is_some_and(|i| i.operating_system.eq_ignore_ascii_case("windows"));
-    let labelled = node
-        .metadata
-        .labels
-        .as_ref()
-        .and_then(|l| l.get(OS_LABEL))
-        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
-    reported || labelled
-}
-
-pub fn kernel_version(node: &Node) -> &str {
-    node.status
-        .as_ref()
-        .and_then(|s| s.node_info.as_ref())
-        .map_or("", |i| i.kernel_version.as_str())
-}
-
-pub fn is_opted_out(node: &Node, keys: &LabelKeys) -> bool {
-    node.metadata
-        .annotations
-        .as_ref()
-        .is_some_and(|a| a.contains_key(&keys.ignore_annotation()))
-}
+use crate::supervisor::Supervisor;
+use crate::watches::{LIST_PAGE_SIZE, observe_watch, probe_failing_watch};
 
 /// The name of the Node watch in readiness reports and metrics.
 pub const NODE_WATCH: &str = "nodes";
 
-/// What the pod half needs to know of the node a pod runs on, derived from the index (never from the node
-/// controller, so each half can be read alone).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NodeFacts {
-    pub windows: bool,
-    /// The host's version when its kernelVersion parsed.
-    pub version: Option<WindowsVersion>,
-    pub osbuild: Option<String>,
-    pub release: Option<&'static str>,
-    /// Image builds the host runs with process isolation.
-    pub process_isolation_builds: Vec<u32>,
-}
-
-pub fn node_facts(node: &Node) -> NodeFacts {
-    let version = match parse_kernel_version(kernel_version(node)) {
-        Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
-        _ => None,
-    };
-    NodeFacts {
-        windows: is_windows(node),
-        version,
-        osbuild: version.and_then(|v| osbuild_value(v).ok()),
-        release: version
-            .and_then(|v| release_for_build(v.build))
-            .map(|r| r.id),
-        process_isolation_builds: version
-            .map(|v| process_isolation_builds(v.build))
-            .unwrap_or_default(),
-    }
-}
-
 /// Keeps what the controllers read: name, uid, resourceVersion, the OS label and our labels, our ignore
 /// annotation, our own managedFields entry, and nodeInfo's kernelVersion and operatingSystem.
-pub fn trim_node(node: &mut Node, keys: &LabelKeys, manager: &str) {
+pub fn trim_node(node: &mut Node, keys: &LabelKeys) {
     let meta = &mut node.metadata;
     if let Some(labels) = meta.labels.as_mut() {
         labels.retain(|k, _| k == OS_LABEL || keys.is_ours(k));
@@ -103,7 +40,7 @@ pub fn trim_node(node: &mut Node, keys: &LabelKeys, manager: &str) {
     }
     if let Some(fields) = meta.managed_fields.as_mut() {
         fields.retain(|e| {
-            e.manager.as_deref() == Some(manager) && e.operation.as_deref() == Some("Apply")
+            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
         });
     }
     meta.owner_references = None;
@@ -125,7 +62,7 @@ pub fn trim_node(node: &mut Node, keys: &LabelKeys, manager: &str) {
 }
 
 /// A hash of everything the node controller's decision depends on; heartbeats leave it unchanged.
-pub fn node_inputs_hash(node: &Node, keys: &LabelKeys, manager: &str) -> u64 {
+pub fn node_inputs_hash(node: &Node, keys: &LabelKeys) -> u64 {
     let mut h = DefaultHasher::new();
     kernel_version(node).hash(&mut h);
     let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
@@ -141,7 +78,7 @@ pub fn node_inputs_hash(node: &Node, keys: &LabelKeys, manager: &str) -> u64 {
     is_opted_out(node, keys).hash(&mut h);
     applied_label_keys(
         node.metadata.managed_fields.as_deref().unwrap_or_default(),
-        manager,
+        FIELD_MANAGER,
     )
     .hash(&mut h);
     h.finish()
@@ -151,6 +88,46 @@ pub fn node_inputs_hash(node: &Node, keys: &LabelKeys, manager: &str) -> u64 {
 /// 5.0 it wakes only the last of several concurrent waiters, and the controller is already one.)
 pub type NodesSynced = tokio::sync::watch::Receiver<bool>;
 
+/// Starts the one Node watch (only nodes matching `selector`, if given) and the probe that notices when a
+/// failing watch works again; see [`watch_nodes`].
+pub fn start(
+    client: &kube::Client,
+    selector: Option<&str>,
+    keys: &LabelKeys,
+    health: &Arc<Health>,
+    metrics: &Metrics,
+    tasks: &mut Supervisor,
+) -> (
+    (Store<Node>, NodesSynced),
+    impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+) {
+    let mut config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let mut probe = kube::api::ListParams::default();
+    if let Some(selector) = selector {
+        config = config.labels(selector);
+        probe = probe.labels(selector);
+    }
+    tasks.spawn(
+        "nodes-watch-probe",
+        probe_failing_watch(
+            Api::<Node>::all(client.clone()),
+            probe,
+            NODE_WATCH,
+            health.clone(),
+            metrics.clone(),
+            tasks.shutdown(),
+        ),
+    );
+    let (store, synced, changed) = watch_nodes(
+        Api::all(client.clone()),
+        config,
+        keys.clone(),
+        health.clone(),
+        metrics.clone(),
+    );
+    ((store, synced), changed)
+}
+
 /// Starts the Node watch: returns the store, a signal that it has synced, and the stream of Nodes whose
 /// inputs changed. Watch errors are logged, counted and shown in readiness, then retried with backoff; they
 /// still flow on to the controller so nothing is silently dropped.
@@ -158,7 +135,6 @@ pub fn watch_nodes(
     api: Api<Node>,
     config: watcher::Config,
     keys: LabelKeys,
-    manager: &'static str,
     health: Arc<Health>,
     metrics: Metrics,
 ) -> (
@@ -179,78 +155,15 @@ pub fn watch_nodes(
             }
             event
         })
-        .modify(move |node| trim_node(node, &trim_keys, manager))
+        .modify(move |node| trim_node(node, &trim_keys))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
-            move |node: &Node| Some(node_inputs_hash(node, &keys, manager)),
+            move |node: &Node| Some(node_inputs_hash(node, &keys)),
             // Evicting a cached hash only costs one extra reconcile, so the default TTL (1h) is fine.
             kube::runtime::PredicateConfig::default(),
         );
     (reader, synced_rx, stream)
-}
-
-/// Feeds a watch event into readiness and metrics.
-pub fn observe_watch<K>(
-    health: &Health,
-    metrics: &Metrics,
-    name: &'static str,
-    event: &Result<watcher::Event<K>, watcher::Error>,
-) {
-    match event {
-        Ok(watcher::Event::InitDone) => {
-            health.watch_synced(name);
-            metrics.watch_up.with_label_values(&[name]).set(1);
-        }
-        Ok(_) => watch_recovered(health, metrics, name),
-        Err(err) => {
-            tracing::error!(watch = name, error = %err, "watch failed; retrying with backoff (check RBAC and API server reachability)");
-            metrics.watch_errors.with_label_values(&[name]).inc();
-            metrics.watch_up.with_label_values(&[name]).set(0);
-            health.watch_failed(name, err.to_string());
-        }
-    }
-}
-
-fn watch_recovered(health: &Health, metrics: &Metrics, name: &'static str) {
-    if health.watch_failing(name) {
-        tracing::info!(watch = name, "watch recovered");
-    }
-    health.watch_ok(name);
-    if health.watch_is_synced(name) {
-        metrics.watch_up.with_label_values(&[name]).set(1);
-    }
-}
-
-/// How often a failing watch is probed.
-const PROBE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Clears a failing watch's error as soon as its request works again.
-///
-/// The watcher re-establishes a watch silently: after an API server restart, a watch that resumes from its
-/// resourceVersion emits nothing until something changes, so the error of the outage would stay in
-/// readiness for good. While the watch is failing, this lists the same resource with the same selectors
-/// (one object), which proves both that the server answers and that we may read it (a 403 stays failing).
-pub async fn probe_failing_watch<K>(
-    api: Api<K>,
-    params: kube::api::ListParams,
-    name: &'static str,
-    health: Arc<Health>,
-    metrics: Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let params = params.limit(1);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        if health.watch_failing(name) && api.list(&params).await.is_ok() {
-            watch_recovered(&health, &metrics, name);
-        }
-    }
 }
 
 #[cfg(test)]
@@ -310,7 +223,7 @@ mod tests {
     fn trim_keeps_only_what_we_read() {
         let keys = LabelKeys::default();
         let mut node = full_node();
-        trim_node(&mut node, &keys, "osbuild-controller");
+        trim_node(&mut node, &keys);
         let labels = node.metadata.labels.as_ref().unwrap();
         assert_eq!(labels.len(), 2);
         assert!(!labels.contains_key("team"));
@@ -327,7 +240,7 @@ mod tests {
     #[test]
     fn inputs_hash_ignores_heartbeat_fields_but_not_inputs() {
         let keys = LabelKeys::default();
-        let base = node_inputs_hash(&full_node(), &keys, "osbuild-controller");
+        let base = node_inputs_hash(&full_node(), &keys);
         let mut heartbeat = full_node();
         heartbeat.metadata.resource_version = Some("999".into());
         heartbeat
@@ -336,10 +249,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("team".into(), "other".into());
-        assert_eq!(
-            node_inputs_hash(&heartbeat, &keys, "osbuild-controller"),
-            base
-        );
+        assert_eq!(node_inputs_hash(&heartbeat, &keys), base);
 
         let mut upgraded = full_node();
         upgraded
@@ -350,10 +260,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .kernel_version = "10.0.20348.1".into();
-        assert_ne!(
-            node_inputs_hash(&upgraded, &keys, "osbuild-controller"),
-            base
-        );
+        assert_ne!(node_inputs_hash(&upgraded, &keys), base);
 
         let mut deleted_label = full_node();
         deleted_label
@@ -362,16 +269,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove("beta.kubernetes.io/osbuild");
-        assert_ne!(
-            node_inputs_hash(&deleted_label, &keys, "osbuild-controller"),
-            base
-        );
+        assert_ne!(node_inputs_hash(&deleted_label, &keys), base);
 
         let mut opted_in = full_node();
         opted_in.metadata.annotations = None;
-        assert_ne!(
-            node_inputs_hash(&opted_in, &keys, "osbuild-controller"),
-            base
-        );
+        assert_ne!(node_inputs_hash(&opted_in, &keys), base);
     }
 }

@@ -8,7 +8,7 @@ use osbuild_controller::{offline, run, telemetry};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => return run_controller(args),
+        Command::Run(args) => return run_controller(*args),
         Command::Explain(args) => offline::explain_command(&args),
         Command::Compat(args) => offline::compat_command(&args),
         Command::Classify(args) => offline::classify_command(&args, &mut std::io::stdin().lock()),

@@ -1,10 +1,17 @@
 //! Prometheus metrics. Every name starts with `osbuild_`; label values come from small static sets (error
-//! categories, resources) or from values bounded by the Windows builds present in the cluster (osbuild,
-//! release), never from object names.
+//! categories, resources, controllers) or from values bounded by the Windows builds present in the cluster
+//! (osbuild, release), never from object names (the per-pod mismatch gauge excepted: one series per
+//! failing container, gone on recovery).
+//!
+//! Counters and histograms are updated where things happen. Gauges that describe the caches (nodes by
+//! build, unlabelled nodes, conflicts) are not kept here at all: a [`prometheus::core::Collector`] computes
+//! them from the cache at scrape time (`nodes::inventory`), so they can neither drift nor double-count.
 
+use prometheus::core::Desc;
+use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub const NAMESPACE: &str = "osbuild";
@@ -12,46 +19,22 @@ pub const NAMESPACE: &str = "osbuild";
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
-    pub windows_nodes: IntGaugeVec,
-    pub nodes_unlabelled: IntGaugeVec,
-    pub nodes_in_conflict: IntGauge,
     pub label_writes: IntCounter,
     pub label_conflicts: IntCounter,
-    pub reconcile_errors: IntCounterVec,
+    /// Failed API calls, by the loop that made them and a static category.
+    pub errors: IntCounterVec,
     pub reconcile_duration: Histogram,
     pub watch_errors: IntCounterVec,
     pub watch_up: IntGaugeVec,
     pub pod_os_mismatch: IntGaugeVec,
     pub pod_os_mismatch_detections: IntCounterVec,
-    pub leader: IntGauge,
 }
-
-/// Why a Windows node has no osbuild label: the `reason` of `osbuild_nodes_unlabelled`.
-pub const UNLABELLED_REASONS: [&str; 2] = ["unparseable", "revision_unknown"];
 
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
         let metrics = Self {
-            windows_nodes: IntGaugeVec::new(
-                opts(
-                    "windows_nodes",
-                    "Windows nodes seen, by osbuild label value and release id (empty when unknown).",
-                ),
-                &["osbuild", "release"],
-            )?,
-            nodes_unlabelled: IntGaugeVec::new(
-                opts(
-                    "nodes_unlabelled",
-                    "Windows nodes that get no osbuild label, by reason (unparseable kernelVersion, revision unknown).",
-                ),
-                &["reason"],
-            )?,
-            nodes_in_conflict: IntGauge::with_opts(opts(
-                "nodes_label_conflict",
-                "Nodes whose labels another field manager owns with other values (not forced).",
-            ))?,
             label_writes: IntCounter::with_opts(opts(
                 "label_writes_total",
                 "Server-side apply requests that changed or set node labels.",
@@ -60,12 +43,12 @@ impl Metrics {
                 "label_conflicts_total",
                 "Label applies refused because another field manager owns a label.",
             ))?,
-            reconcile_errors: IntCounterVec::new(
+            errors: IntCounterVec::new(
                 opts(
                     "reconcile_errors_total",
-                    "Failed reconciles, by error category.",
+                    "Failed API calls (label applies, Events, annotations, reads), by controller and error category.",
                 ),
-                &["category"],
+                &["controller", "category"],
             )?,
             reconcile_duration: Histogram::with_opts(
                 HistogramOpts::new("reconcile_duration_seconds", "Time to reconcile one node.")
@@ -102,25 +85,17 @@ impl Metrics {
                 ),
                 &["namespace"],
             )?,
-            leader: IntGauge::with_opts(opts(
-                "leader",
-                "1 when this replica is the leader (always 1 without --leader-elect): only the leader writes.",
-            ))?,
             registry,
         };
         let r = &metrics.registry;
-        r.register(Box::new(metrics.windows_nodes.clone()))?;
-        r.register(Box::new(metrics.nodes_unlabelled.clone()))?;
-        r.register(Box::new(metrics.nodes_in_conflict.clone()))?;
         r.register(Box::new(metrics.label_writes.clone()))?;
         r.register(Box::new(metrics.label_conflicts.clone()))?;
-        r.register(Box::new(metrics.reconcile_errors.clone()))?;
+        r.register(Box::new(metrics.errors.clone()))?;
         r.register(Box::new(metrics.reconcile_duration.clone()))?;
         r.register(Box::new(metrics.watch_errors.clone()))?;
         r.register(Box::new(metrics.watch_up.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch_detections.clone()))?;
-        r.register(Box::new(metrics.leader.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
@@ -128,10 +103,20 @@ impl Metrics {
                 NAMESPACE,
             ),
         ))?;
-        for reason in UNLABELLED_REASONS {
-            metrics.nodes_unlabelled.with_label_values(&[reason]).set(0);
-        }
         Ok(metrics)
+    }
+
+    /// Adds a collector that computes its metrics at scrape time.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
+    /// Counts a failed API call of `controller` (one of the loop names) by its static category.
+    pub fn api_error(&self, controller: &str, category: &str) {
+        self.errors.with_label_values(&[controller, category]).inc();
     }
 
     /// The text exposition of every metric.
@@ -139,5 +124,52 @@ impl Metrics {
         let mut buffer = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buffer)?;
         Ok(String::from_utf8_lossy(&buffer).into_owned())
+    }
+}
+
+/// A gauge family whose values are computed at scrape time, for a [`prometheus::core::Collector`]: each
+/// scrape builds the family afresh from the caller's values, so concurrent scrapes cannot interfere and
+/// series of objects that are gone simply vanish.
+pub struct ComputedGauge {
+    opts: Opts,
+    labels: &'static [&'static str],
+    prototype: IntGaugeVec,
+}
+
+impl ComputedGauge {
+    pub fn new(
+        name: &str,
+        help: &str,
+        labels: &'static [&'static str],
+    ) -> prometheus::Result<Self> {
+        let opts = Opts::new(name, help).namespace(NAMESPACE);
+        Ok(Self {
+            prototype: IntGaugeVec::new(opts.clone(), labels)?,
+            opts,
+            labels,
+        })
+    }
+
+    pub fn desc(&self) -> Vec<&Desc> {
+        use prometheus::core::Collector;
+        self.prototype.desc()
+    }
+
+    /// The family with exactly these series: (label values in the order given to `new`, value).
+    pub fn family<'a>(
+        &self,
+        series: impl IntoIterator<Item = (Vec<&'a str>, i64)>,
+    ) -> Vec<MetricFamily> {
+        use prometheus::core::Collector;
+        // Cannot fail: the same options were accepted by `new`.
+        let Ok(fresh) = IntGaugeVec::new(self.opts.clone(), self.labels) else {
+            return Vec::new();
+        };
+        for (labels, value) in series {
+            if let Ok(gauge) = fresh.get_metric_with_label_values(&labels) {
+                gauge.set(value);
+            }
+        }
+        fresh.collect()
     }
 }

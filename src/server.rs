@@ -11,12 +11,11 @@ use axum::routing::get;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
-/// What the endpoints read. `refresh` recomputes gauges derived from the caches just before a scrape.
+/// What the endpoints read.
 #[derive(Clone)]
 pub struct ServerState {
     pub health: Arc<Health>,
     pub metrics: Metrics,
-    pub refresh: Arc<dyn Fn() + Send + Sync>,
 }
 
 pub fn router(state: ServerState) -> Router {
@@ -36,14 +35,14 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     state: ServerState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
+) -> anyhow::Result<()> {
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await
+        .map_err(|err| anyhow::anyhow!("the metrics server failed: {err}"))
 }
 
 async fn metrics(State(state): State<ServerState>) -> (StatusCode, String) {
-    (state.refresh)();
     match state.metrics.encode() {
         Ok(text) => (StatusCode::OK, text),
         Err(err) => (

@@ -1,46 +1,53 @@
 //! The node controller: keeps our labels on every Windows node right, with server-side apply.
 //!
 //! One reconcile = one plan (pure, see [`plan`]) + at most one apply. The apply sends the complete set of
-//! labels we want under field manager [`MANAGER`]; the API server removes labels we applied before and no
-//! longer send, and never touches labels of other managers.
+//! labels we want under our field manager; the API server removes labels we applied before and no longer
+//! send, and never touches labels of other managers. [`inventory`] computes the node gauges at scrape time.
 
+pub mod inventory;
 pub mod plan;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::Action;
-use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
+use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
 
-use crate::core::labels::LabelKeys;
-use crate::events::{api_error_category, publish_warning};
-use crate::lease::Leadership;
-use crate::metrics::Metrics;
+use crate::FIELD_MANAGER;
+use crate::events::api_error_category;
 use crate::ownership::applied_label_keys;
-use plan::{NodeState, plan};
+use crate::shared::Shared;
+use crate::supervisor::Supervisor;
+use inventory::{Conflicts, Inventory};
+use plan::plan;
 
-/// Our field manager for server-side apply, and the controller name on Events.
-pub const MANAGER: &str = "osbuild-controller";
+/// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
+pub const CONTROLLER: &str = "node-controller";
+
+/// The node controller's own options.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// `--force-conflicts`: take over labels another field manager owns with other values.
+    pub force_conflicts: bool,
+    /// `--resync-interval`: look at a node again this often even when nothing changed (the safety net).
+    pub resync: Duration,
+    /// `--concurrency`: nodes reconciled at once.
+    pub concurrency: u16,
+}
 
 /// What every reconcile shares.
 pub struct NodeContext {
-    pub api: Api<Node>,
-    pub keys: LabelKeys,
-    pub metrics: Metrics,
-    pub recorder: Recorder,
-    pub force_conflicts: bool,
-    pub dry_run: bool,
-    /// How often a node is looked at again even when nothing changed: the safety net.
-    pub resync: Duration,
-    /// Only the leader writes; followers compute and keep their caches warm.
-    pub leadership: Arc<Leadership>,
-    /// Nodes whose last apply hit a conflict, for the `osbuild_nodes_label_conflict` gauge.
-    pub conflicted: Mutex<HashSet<String>>,
+    shared: Arc<Shared>,
+    api: Api<Node>,
+    options: NodeOptions,
+    conflicts: Conflicts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,50 +69,120 @@ impl NodeError {
     }
 }
 
-impl NodeContext {
-    /// Drops every remembered conflict (on losing leadership).
-    pub fn forget_conflicts(&self) {
-        let mut set = self.conflicted.lock().unwrap_or_else(|p| p.into_inner());
-        set.clear();
-        self.metrics.nodes_in_conflict.set(0);
-    }
+/// Registers the node gauges and starts the controller on the stream of nodes whose inputs changed.
+pub fn start(
+    shared: &Arc<Shared>,
+    options: NodeOptions,
+    changed_nodes: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    tasks: &mut Supervisor,
+) -> prometheus::Result<()> {
+    let conflicts = Conflicts::default();
+    shared.metrics.register(Box::new(Inventory::new(
+        shared.nodes.clone(),
+        shared.keys.clone(),
+        conflicts.clone(),
+        shared.leadership.clone(),
+    )?))?;
+    let ctx = Arc::new(NodeContext {
+        shared: shared.clone(),
+        api: Api::all(shared.client.clone()),
+        options,
+        conflicts,
+    });
+    tasks.spawn(CONTROLLER, run(ctx, changed_nodes, tasks.shutdown()));
+    Ok(())
 }
 
-pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
-    let _timer = ctx.metrics.reconcile_duration.start_timer();
+async fn run(
+    ctx: Arc<NodeContext>,
+    changed_nodes: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let shared = ctx.shared.clone();
+    let controller = Controller::for_stream(changed_nodes, shared.nodes.clone())
+        .with_config(
+            ControllerConfig::default()
+                .debounce(Duration::from_millis(100))
+                .concurrency(ctx.options.concurrency),
+        )
+        .reconcile_all_on(became_leader(shared.leadership.subscribe()))
+        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((node, _)) => tracing::trace!(node = %node.name, "reconciled"),
+                // Reconcile errors are counted and logged by error_policy, watch errors by the index.
+                Err(err) => tracing::debug!(error = %err, "controller event"),
+            }
+        });
+    // kube-runtime's controller waits for its store before it reconciles, and that wait does not listen to
+    // graceful_shutdown_on: a process whose Node watch never synced (no RBAC, no server) would ignore
+    // SIGTERM. Before the sync nothing is in flight, so the controller can simply be dropped.
+    let shutdown_before_sync = async {
+        shutdown.cancelled().await;
+        if *shared.nodes_synced.borrow() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        () = controller => {}
+        () = shutdown_before_sync => tracing::info!("shutting down before the node watch synced; nothing in flight"),
+    }
+    Ok(())
+}
+
+/// Fires each time this replica becomes the leader, so it reconciles every node at once instead of waiting
+/// for the resync interval.
+fn became_leader(
+    changes: tokio::sync::watch::Receiver<bool>,
+) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(changes, |mut changes| async move {
+        loop {
+            changes.changed().await.ok()?;
+            if *changes.borrow_and_update() {
+                return Some(((), changes));
+            }
+        }
+    })
+}
+
+#[tracing::instrument(skip_all, fields(node = %node.name_any()))]
+async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
+    let shared = &ctx.shared;
+    let _timer = shared.metrics.reconcile_duration.start_timer();
     let name = node.name_any();
-    let plan = plan(&node, &ctx.keys);
-    let requeue = Action::requeue(ctx.resync);
-    if !ctx.leadership.is_leader() {
+    let plan = plan(&node, &shared.keys);
+    let requeue = Action::requeue(ctx.options.resync);
+    if !shared.leadership.is_leader() {
         // A new leader reconciles every node when it takes over (see run.rs), so nothing is lost here.
         return Ok(requeue);
     }
 
     if let Some(warning) = plan.warning() {
-        tracing::warn!(node = %name, reason = warning.reason, "{}", warning.message);
-        publish(&ctx, &node, warning.reason, warning.message).await;
+        tracing::warn!(reason = warning.reason, "{}", warning.message);
+        publish(shared, &node, warning.reason, warning.message).await;
     }
     let Some(desired) = plan.desired else {
-        tracing::debug!(node = %name, "kernelVersion not reported yet; waiting");
+        tracing::debug!("kernelVersion not reported yet; waiting");
         return Ok(requeue);
     };
     let owned = applied_label_keys(
         node.metadata.managed_fields.as_deref().unwrap_or_default(),
-        MANAGER,
+        FIELD_MANAGER,
     );
     let current = node.metadata.labels.clone().unwrap_or_default();
     if labels_hold(&current, &desired, &owned) {
-        set_conflicted(&ctx, &name, false);
+        ctx.conflicts.set(&name, false);
         return Ok(requeue);
     }
 
     let change = describe_change(&current, &desired, &owned);
-    if ctx.dry_run {
-        tracing::info!(node = %name, state = ?plan.state, change = %change, "dry run: would apply labels");
+    if shared.dry_run {
+        tracing::info!(state = ?plan.state, change = %change, "dry run: would apply labels");
         return Ok(requeue);
     }
-    let mut params = PatchParams::apply(MANAGER);
-    params.force = ctx.force_conflicts;
+    let mut params = PatchParams::apply(FIELD_MANAGER);
+    params.force = ctx.options.force_conflicts;
     let patch = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -113,32 +190,29 @@ pub async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action,
     });
     match ctx.api.patch(&name, &params, &Patch::Apply(&patch)).await {
         Ok(_) => {
-            ctx.metrics.label_writes.inc();
-            set_conflicted(&ctx, &name, false);
-            tracing::info!(node = %name, change = %change, "applied labels");
+            shared.metrics.label_writes.inc();
+            ctx.conflicts.set(&name, false);
+            tracing::info!(change = %change, "applied labels");
             Ok(requeue)
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            ctx.metrics.label_conflicts.inc();
-            set_conflicted(&ctx, &name, true);
+            shared.metrics.label_conflicts.inc();
+            ctx.conflicts.set(&name, true);
             let message = format!(
                 "labels are owned by another field manager with other values, not forced (run with --force-conflicts to take them): {}",
                 status.message
             );
-            tracing::warn!(node = %name, "{message}");
-            publish(&ctx, &node, "LabelConflict", message).await;
+            tracing::warn!("{message}");
+            publish(shared, &node, "LabelConflict", message).await;
             Ok(requeue)
         }
         Err(source) => Err(NodeError::Apply { node: name, source }),
     }
 }
 
-pub fn error_policy(node: Arc<Node>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
+fn error_policy(node: Arc<Node>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
     let category = err.category();
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[category])
-        .inc();
+    ctx.shared.metrics.api_error(CONTROLLER, category);
     tracing::warn!(node = %node.name_any(), category, error = %err, "reconcile failed; retrying");
     // Missing permissions are not fixed by hammering the API server.
     let delay = if matches!(category, "forbidden" | "unauthorized") {
@@ -187,64 +261,18 @@ fn describe_change(
     }
 }
 
-fn set_conflicted(ctx: &NodeContext, name: &str, conflicted: bool) {
-    let mut set = ctx.conflicted.lock().unwrap_or_else(|p| p.into_inner());
-    if conflicted {
-        set.insert(name.to_owned());
-    } else {
-        set.remove(name);
-    }
-    ctx.metrics.nodes_in_conflict.set(set.len() as i64);
-}
-
-async fn publish(ctx: &NodeContext, node: &Node, reason: &str, note: String) {
-    if !ctx.dry_run {
-        let reference = node.object_ref(&());
-        publish_warning(
-            &ctx.recorder,
-            &ctx.metrics,
+async fn publish(shared: &Shared, node: &Node, reason: &str, note: String) {
+    let reference = node.object_ref(&());
+    shared
+        .publish(
+            CONTROLLER,
             &reference,
+            EventType::Warning,
             reason,
             "LabelNode",
             note,
         )
         .await;
-    }
-}
-
-/// Recomputes the node gauges from the store: Windows nodes by osbuild and release, and unlabelled ones by
-/// reason. Called before each scrape, so the gauges never drift from the cache.
-pub fn refresh_inventory(store: &Store<Node>, keys: &LabelKeys, metrics: &Metrics) {
-    metrics.windows_nodes.reset();
-    let mut unparseable = 0;
-    let mut revision_unknown = 0;
-    for node in store.state() {
-        match plan(&node, keys).state {
-            NodeState::Labelled {
-                osbuild,
-                release,
-                problem,
-            } => {
-                if problem.is_some() {
-                    revision_unknown += 1;
-                }
-                metrics
-                    .windows_nodes
-                    .with_label_values(&[osbuild.as_deref().unwrap_or(""), release.unwrap_or("")])
-                    .inc();
-            }
-            NodeState::Unparseable { .. } => unparseable += 1,
-            NodeState::NotWindows | NodeState::OptedOut | NodeState::NotReported => {}
-        }
-    }
-    metrics
-        .nodes_unlabelled
-        .with_label_values(&["unparseable"])
-        .set(unparseable);
-    metrics
-        .nodes_unlabelled
-        .with_label_values(&["revision_unknown"])
-        .set(revision_unknown);
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::Node;
 use crate::core::catalog::release_for_build;
 use crate::core::labels::{LabelKeys, LabelProblem, node_labels, osbuild_value};
 use crate::core::version::{KernelVersion, parse_kernel_version};
-use crate::index::{is_opted_out, is_windows, kernel_version};
+use crate::node_info::{is_opted_out, is_windows, kernel_version};
 
 /// Where a node stands, as far as our labels go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +150,7 @@ mod tests {
 
     #[test]
     fn os_label_alone_marks_windows() {
-        use crate::index::OS_LABEL;
+        use crate::node_info::OS_LABEL;
         let mut n = node("", "10.0.20348.1");
         n.metadata.labels = Some([(OS_LABEL.to_owned(), "windows".to_owned())].into());
         assert!(matches!(

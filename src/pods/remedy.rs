@@ -5,7 +5,7 @@ use crate::core::compat::compat;
 use crate::core::image::windows_version_of_image;
 use crate::core::labels::{LabelKeys, osbuild_value};
 use crate::core::mismatch::Variant;
-use crate::index::NodeFacts;
+use crate::node_info::NodeFacts;
 
 use super::detect::{Failure, SANDBOX};
 
@@ -85,7 +85,7 @@ pub fn remediation(image: &str, facts: &NodeFacts, keys: &LabelKeys) -> String {
 }
 
 /// The annotation value with `--annotate-pods`: the same finding, compact.
-pub fn annotation_value(failure: &Failure, node: &str, facts: &NodeFacts) -> String {
+pub fn annotation_value(failure: &Failure, node: &str, facts: &NodeFacts) -> serde_json::Value {
     serde_json::json!({
         "container": failure.container,
         "image": failure.image,
@@ -95,7 +95,6 @@ pub fn annotation_value(failure: &Failure, node: &str, facts: &NodeFacts) -> Str
         "variant": failure.variant,
         "imageBuild": windows_version_of_image(&failure.image).map(|v| v.build),
     })
-    .to_string()
 }
 
 #[cfg(test)]
@@ -194,13 +193,8 @@ mod tests {
     }
 
     #[test]
-    fn annotation_is_json() {
-        let v: serde_json::Value = serde_json::from_str(&annotation_value(
-            &failure("a:ltsc2022"),
-            "n",
-            &ws2019_node(),
-        ))
-        .unwrap();
+    fn annotation_names_variant_and_image_build() {
+        let v = annotation_value(&failure("a:ltsc2022"), "n", &ws2019_node());
         assert_eq!(v["variant"], "containerd");
         assert_eq!(v["imageBuild"], 20348);
     }

@@ -1,0 +1,72 @@
+//! What the controllers read from a Node, as plain accessors and one derived summary ([`NodeFacts`]) that
+//! the pod half and placement use. Pure: no I/O.
+
+use k8s_openapi::api::core::v1::Node;
+
+use crate::core::catalog::release_for_build;
+use crate::core::compat::process_isolation_builds;
+use crate::core::labels::{LabelKeys, osbuild_value};
+use crate::core::version::{KernelVersion, WindowsVersion, parse_kernel_version};
+
+/// The kubelet's OS label; either it or `status.nodeInfo.operatingSystem` marks a Windows node.
+pub const OS_LABEL: &str = "kubernetes.io/os";
+
+pub fn is_windows(node: &Node) -> bool {
+    let reported = node
+        .status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .is_some_and(|i| i.operating_system.eq_ignore_ascii_case("windows"));
+    let labelled = node
+        .metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get(OS_LABEL))
+        .is_some_and(|os| os.eq_ignore_ascii_case("windows"));
+    reported || labelled
+}
+
+pub fn kernel_version(node: &Node) -> &str {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map_or("", |i| i.kernel_version.as_str())
+}
+
+pub fn is_opted_out(node: &Node, keys: &LabelKeys) -> bool {
+    node.metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(&keys.ignore_annotation()))
+}
+
+/// What the pod half needs to know of the node a pod runs on, derived from the index (never from the node
+/// controller, so each half can be read alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub windows: bool,
+    /// The host's version when its kernelVersion parsed.
+    pub version: Option<WindowsVersion>,
+    pub osbuild: Option<String>,
+    pub release: Option<&'static str>,
+    /// Image builds the host runs with process isolation.
+    pub process_isolation_builds: Vec<u32>,
+}
+
+pub fn node_facts(node: &Node) -> NodeFacts {
+    let version = match parse_kernel_version(kernel_version(node)) {
+        Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
+        _ => None,
+    };
+    NodeFacts {
+        windows: is_windows(node),
+        version,
+        osbuild: version.and_then(|v| osbuild_value(v).ok()),
+        release: version
+            .and_then(|v| release_for_build(v.build))
+            .map(|r| r.id),
+        process_isolation_builds: version
+            .map(|v| process_isolation_builds(v.build))
+            .unwrap_or_default(),
+    }
+}

@@ -1,0 +1,555 @@
+//! The pod detector's bookkeeping of failure episodes, as a pure state machine: it takes what the watches
+//! observed (a pod, its deletion, the start and end of a re-list, a sandbox failure) and returns the
+//! effects to carry out (flag, clear, annotate). The driver (`pods/mod.rs`) does the I/O.
+//!
+//! An episode is one container (or the sandbox) of one pod failing with the mismatch, from the first
+//! observation of the failure until the container runs again, the pod ends, or the pod is deleted. Each
+//! episode is flagged exactly once, however often the kubelet updates the pod meanwhile. Only flagged pods
+//! are remembered, so memory does not grow with the number of pods in the cluster.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+
+use crate::core::labels::LabelKeys;
+use crate::node_info::NodeFacts;
+
+use super::detect::{
+    Failure, SANDBOX, SandboxFailure, active_failures, main_image, sandbox_recovered,
+};
+use super::remedy::{annotation_value, finding_message};
+
+/// The pod a finding is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+}
+
+impl PodRef {
+    pub fn of(pod: &Pod) -> Option<Self> {
+        Some(Self {
+            namespace: pod.namespace()?,
+            name: pod.metadata.name.clone()?,
+            uid: pod.uid()?,
+        })
+    }
+}
+
+/// One flagged container (or the sandbox): what the gauge series and the annotation say.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Flag {
+    pub pod: PodRef,
+    pub container: String,
+    pub node: String,
+    pub osbuild: String,
+    pub finding: serde_json::Value,
+}
+
+impl Flag {
+    /// The label values of `osbuild_pod_os_mismatch`.
+    pub fn gauge_labels(&self) -> [&str; 5] {
+        [
+            &self.pod.namespace,
+            &self.pod.name,
+            &self.container,
+            &self.node,
+            &self.osbuild,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// A new episode: set the gauge, count it, and (leader) publish the Event with this message.
+    Flagged { flag: Flag, message: String },
+    /// An episode ended: remove its gauge series.
+    Cleared { flag: Flag },
+    /// (With `--annotate-pods`, leader) make the pod's annotation exactly these findings; empty: remove it.
+    Annotate {
+        pod: PodRef,
+        findings: Vec<serde_json::Value>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Episodes {
+    keys: LabelKeys,
+    /// pod uid → container → flag: the episodes in progress.
+    flagged: HashMap<String, BTreeMap<String, Flag>>,
+    /// Flagged pod uids seen during a re-list; the others were deleted while the watch was down.
+    relist_seen: Option<HashSet<String>>,
+}
+
+impl Episodes {
+    pub fn new(keys: LabelKeys) -> Self {
+        Self {
+            keys,
+            flagged: HashMap::new(),
+            relist_seen: None,
+        }
+    }
+
+    /// Episodes in progress.
+    pub fn len(&self) -> usize {
+        self.flagged.values().map(BTreeMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flagged.is_empty()
+    }
+
+    /// The watch starts a (re-)list: every pod still there will be observed before [`Self::relist_done`].
+    pub fn relist_started(&mut self) {
+        self.relist_seen = Some(HashSet::new());
+    }
+
+    /// The (re-)list is complete: episodes of pods it did not contain are over (deleted meanwhile).
+    pub fn relist_done(&mut self) -> Vec<Effect> {
+        let seen = self.relist_seen.take().unwrap_or_default();
+        let gone: Vec<String> = self
+            .flagged
+            .keys()
+            .filter(|uid| !seen.contains(*uid))
+            .cloned()
+            .collect();
+        gone.iter().flat_map(|uid| self.clear_pod(uid)).collect()
+    }
+
+    /// The pod is gone: its episodes end (there is nothing left to annotate).
+    pub fn pod_deleted(&mut self, uid: &str) -> Vec<Effect> {
+        self.clear_pod(uid)
+    }
+
+    /// A pod as the watch sees it now, with the facts of the node it is bound to (`None`: unbound, or a
+    /// node the index does not know).
+    pub fn pod_observed(&mut self, pod: &Pod, facts: Option<&NodeFacts>) -> Vec<Effect> {
+        let Some(pod_ref) = PodRef::of(pod) else {
+            return Vec::new();
+        };
+        if let Some(seen) = self.relist_seen.as_mut() {
+            seen.insert(pod_ref.uid.clone());
+        }
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        // A terminating pod's episode is over: the user (or a rollout) is already replacing it.
+        let terminating = pod.metadata.deletion_timestamp.is_some();
+        let windows_node = match (node, facts) {
+            (Some(node), Some(f)) if f.windows => Some((node, f)),
+            _ => None,
+        };
+        let failures = match windows_node {
+            Some(_) if !terminating => active_failures(pod),
+            _ => Vec::new(),
+        };
+        let recovered: Vec<String> = self
+            .flagged
+            .get(&pod_ref.uid)
+            .into_iter()
+            .flat_map(BTreeMap::keys)
+            .filter(|container| {
+                if container.as_str() == SANDBOX {
+                    terminating || sandbox_recovered(pod)
+                } else {
+                    !failures.iter().any(|f| &f.container == *container)
+                }
+            })
+            .cloned()
+            .collect();
+        let mut effects: Vec<Effect> = recovered
+            .iter()
+            .filter_map(|container| self.clear(&pod_ref.uid, container))
+            .collect();
+        if let Some((node, facts)) = windows_node {
+            for failure in failures {
+                effects.extend(self.flag(&pod_ref, failure, node, facts));
+            }
+        }
+        if !effects.is_empty() {
+            effects.push(self.annotation(&pod_ref));
+        }
+        effects
+    }
+
+    /// Whether the sandbox of this pod is already flagged: the driver then need not read the pod.
+    pub fn sandbox_flagged(&self, uid: &str) -> bool {
+        self.flagged
+            .get(uid)
+            .is_some_and(|f| f.contains_key(SANDBOX))
+    }
+
+    /// A `FailedCreatePodSandBox` Event carried the mismatch; `pod` is the pod as read after it, with its
+    /// node's facts. The Event may be stale: the pod must be the one it names and not have come up since.
+    pub fn sandbox_failed(
+        &mut self,
+        found: &SandboxFailure,
+        pod: &Pod,
+        facts: Option<&NodeFacts>,
+    ) -> Vec<Effect> {
+        let Some(pod_ref) = PodRef::of(pod) else {
+            return Vec::new();
+        };
+        if found.uid.as_ref().is_some_and(|uid| *uid != pod_ref.uid) || sandbox_recovered(pod) {
+            return Vec::new();
+        }
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else {
+            return Vec::new();
+        };
+        let Some(facts) = facts.filter(|f| f.windows) else {
+            return Vec::new();
+        };
+        let failure = Failure {
+            container: SANDBOX.to_owned(),
+            image: main_image(pod),
+            variant: found.variant,
+        };
+        let mut effects: Vec<Effect> = self
+            .flag(&pod_ref, failure, node, facts)
+            .into_iter()
+            .collect();
+        if !effects.is_empty() {
+            effects.push(self.annotation(&pod_ref));
+        }
+        effects
+    }
+
+    /// Starts an episode unless one is in progress for this container.
+    fn flag(
+        &mut self,
+        pod: &PodRef,
+        failure: Failure,
+        node: &str,
+        facts: &NodeFacts,
+    ) -> Option<Effect> {
+        let flags = self.flagged.entry(pod.uid.clone()).or_default();
+        if flags.contains_key(&failure.container) {
+            return None;
+        }
+        let flag = Flag {
+            pod: pod.clone(),
+            container: failure.container.clone(),
+            node: node.to_owned(),
+            osbuild: facts.osbuild.clone().unwrap_or_default(),
+            finding: annotation_value(&failure, node, facts),
+        };
+        let message = finding_message(&failure, node, facts, &self.keys);
+        flags.insert(failure.container, flag.clone());
+        Some(Effect::Flagged { flag, message })
+    }
+
+    fn clear(&mut self, uid: &str, container: &str) -> Option<Effect> {
+        let flags = self.flagged.get_mut(uid)?;
+        let flag = flags.remove(container);
+        if flags.is_empty() {
+            self.flagged.remove(uid);
+        }
+        flag.map(|flag| Effect::Cleared { flag })
+    }
+
+    fn clear_pod(&mut self, uid: &str) -> Vec<Effect> {
+        self.flagged
+            .remove(uid)
+            .into_iter()
+            .flat_map(BTreeMap::into_values)
+            .map(|flag| Effect::Cleared { flag })
+            .collect()
+    }
+
+    fn annotation(&self, pod: &PodRef) -> Effect {
+        Effect::Annotate {
+            pod: pod.clone(),
+            findings: self
+                .flagged
+                .get(&pod.uid)
+                .into_iter()
+                .flat_map(BTreeMap::values)
+                .map(|f| f.finding.clone())
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::version::WindowsVersion;
+    use k8s_openapi::api::core::v1::Event as CoreEvent;
+    use serde_json::json;
+
+    use super::super::detect::sandbox_failure;
+
+    // The seed's `kubectl describe` (Docker era) and containerd's message (DOMAIN.md §4).
+    const DOCKER: &str = "container 5b41 encountered an error during CreateContainer: failure in a Windows system call: The operating system of the container does not match the operating system of the host. (0xc0370101)";
+    const CONTAINERD: &str = "failed to create containerd task: failed to create shim task: hcs::CreateComputeSystem app: The container operating system does not match the host operating system.: unknown";
+
+    fn ws2019() -> NodeFacts {
+        NodeFacts {
+            windows: true,
+            version: Some(WindowsVersion::new(17763, Some(3887))),
+            osbuild: Some("17763".into()),
+            release: Some("ltsc2019"),
+            process_isolation_builds: vec![17763],
+        }
+    }
+
+    fn linux() -> NodeFacts {
+        NodeFacts {
+            windows: false,
+            version: None,
+            osbuild: None,
+            release: None,
+            process_isolation_builds: Vec::new(),
+        }
+    }
+
+    fn pod(uid: &str, statuses: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({
+            "metadata": {"name": format!("pod-{uid}"), "namespace": "shop", "uid": uid},
+            "spec": {
+                "nodeName": "win-1",
+                "initContainers": [{"name": "init", "image": "example/init:ltsc2019"}],
+                "containers": [{"name": "app", "image": "example/app:ltsc2022"}]
+            },
+            "status": statuses
+        }))
+        .unwrap()
+    }
+
+    fn crash_looping(uid: &str) -> Pod {
+        pod(
+            uid,
+            json!({"containerStatuses": [{
+                "name": "app", "image": "sha256:abc", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s"}},
+                "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": DOCKER}}
+            }]}),
+        )
+    }
+
+    fn running(uid: &str) -> Pod {
+        pod(
+            uid,
+            json!({"phase": "Running", "containerStatuses": [{
+                "name": "app", "image": "x", "imageID": "", "ready": true, "restartCount": 4,
+                "state": {"running": {"startedAt": "2026-11-23T00:00:00Z"}},
+                "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": DOCKER}}
+            }]}),
+        )
+    }
+
+    fn sandbox_event(uid: &str) -> SandboxFailure {
+        let event: CoreEvent = serde_json::from_value(json!({
+            "metadata": {"name": "e", "namespace": "shop"},
+            "involvedObject": {"kind": "Pod", "name": format!("pod-{uid}"), "namespace": "shop", "uid": uid},
+            "reason": "FailedCreatePodSandBox", "type": "Warning",
+            "message": format!("Failed to create pod sandbox: rpc error: code = Unknown desc = {CONTAINERD}")
+        }))
+        .unwrap();
+        sandbox_failure(&event).unwrap()
+    }
+
+    fn kinds(effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Flagged { flag, .. } => format!("flag {}", flag.container),
+                Effect::Cleared { flag } => format!("clear {}", flag.container),
+                Effect::Annotate { findings, .. } => format!("annotate {}", findings.len()),
+            })
+            .collect()
+    }
+
+    fn episodes() -> Episodes {
+        Episodes::new(LabelKeys::default())
+    }
+
+    #[test]
+    fn flags_an_episode_once_however_often_the_pod_is_updated() {
+        let mut e = episodes();
+        let effects = e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(kinds(&effects), ["flag app", "annotate 1"]);
+        let Effect::Flagged { flag, message } = &effects[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            flag.gauge_labels(),
+            ["shop", "pod-u1", "app", "win-1", "17763"]
+        );
+        assert!(
+            message.contains("example/app:ltsc2022") && message.contains("Fix:"),
+            "{message}"
+        );
+        for _ in 0..3 {
+            assert!(
+                e.pod_observed(&crash_looping("u1"), Some(&ws2019()))
+                    .is_empty()
+            );
+        }
+        assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn recovery_ends_the_episode_and_a_new_failure_is_a_new_episode() {
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        let effects = e.pod_observed(&running("u1"), Some(&ws2019()));
+        assert_eq!(kinds(&effects), ["clear app", "annotate 0"]);
+        assert!(e.is_empty());
+        let again = e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(kinds(&again), ["flag app", "annotate 1"]);
+    }
+
+    #[test]
+    fn positive_control_then_no_flag_off_windows_unbound_or_terminating() {
+        assert!(
+            !episodes()
+                .pod_observed(&crash_looping("u1"), Some(&ws2019()))
+                .is_empty()
+        );
+        let mut e = episodes();
+        assert!(
+            e.pod_observed(&crash_looping("u1"), Some(&linux()))
+                .is_empty()
+        );
+        assert!(
+            e.pod_observed(&crash_looping("u1"), None).is_empty(),
+            "unknown node"
+        );
+        let mut unbound = crash_looping("u2");
+        unbound.spec.as_mut().unwrap().node_name = None;
+        assert!(e.pod_observed(&unbound, Some(&ws2019())).is_empty());
+        let mut terminating = crash_looping("u3");
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert!(e.pod_observed(&terminating, Some(&ws2019())).is_empty());
+        assert!(e.is_empty());
+    }
+
+    #[test]
+    fn a_terminating_pod_ends_its_episode() {
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        let mut terminating = crash_looping("u1");
+        terminating.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+            ));
+        assert_eq!(
+            kinds(&e.pod_observed(&terminating, Some(&ws2019()))),
+            ["clear app", "annotate 0"]
+        );
+    }
+
+    #[test]
+    fn deletion_clears_without_annotating() {
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(kinds(&e.pod_deleted("u1")), ["clear app"]);
+        assert!(e.pod_deleted("u1").is_empty(), "nothing left");
+    }
+
+    #[test]
+    fn relist_clears_pods_deleted_while_the_watch_was_down_and_keeps_the_rest() {
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("kept"), Some(&ws2019()));
+        e.pod_observed(&crash_looping("gone"), Some(&ws2019()));
+        assert_eq!(e.len(), 2);
+        e.relist_started();
+        // The re-list sees "kept", still failing: no new Event (same episode).
+        assert!(
+            e.pod_observed(&crash_looping("kept"), Some(&ws2019()))
+                .is_empty()
+        );
+        let effects = e.relist_done();
+        assert_eq!(kinds(&effects), ["clear app"]);
+        let Effect::Cleared { flag } = &effects[0] else {
+            unreachable!()
+        };
+        assert_eq!(flag.pod.uid, "gone");
+        assert_eq!(e.len(), 1);
+        // A re-list that sees everything clears nothing.
+        e.relist_started();
+        e.pod_observed(&crash_looping("kept"), Some(&ws2019()));
+        assert!(e.relist_done().is_empty());
+    }
+
+    #[test]
+    fn sandbox_failures_flag_once_and_recover_when_the_pod_runs() {
+        let mut e = episodes();
+        let found = sandbox_event("u1");
+        let creating = pod("u1", json!({"phase": "Pending"}));
+        let effects = e.sandbox_failed(&found, &creating, Some(&ws2019()));
+        assert_eq!(kinds(&effects), ["flag (sandbox)", "annotate 1"]);
+        assert!(e.sandbox_flagged("u1"));
+        assert!(
+            e.sandbox_failed(&found, &creating, Some(&ws2019()))
+                .is_empty()
+        );
+        // Pod updates while it is still creating do not end the sandbox episode.
+        assert!(e.pod_observed(&creating, Some(&ws2019())).is_empty());
+        assert_eq!(
+            kinds(&e.pod_observed(&running("u1"), Some(&ws2019()))),
+            ["clear (sandbox)", "annotate 0"]
+        );
+    }
+
+    #[test]
+    fn stale_sandbox_events_are_ignored() {
+        let mut e = episodes();
+        let found = sandbox_event("old-uid");
+        let recreated = pod("new-uid", json!({"phase": "Pending"}));
+        assert!(
+            e.sandbox_failed(&found, &recreated, Some(&ws2019()))
+                .is_empty(),
+            "another pod"
+        );
+        let found = sandbox_event("u1");
+        assert!(
+            e.sandbox_failed(&found, &running("u1"), Some(&ws2019()))
+                .is_empty(),
+            "came up since"
+        );
+        assert!(
+            e.sandbox_failed(&found, &pod("u1", json!({})), Some(&linux()))
+                .is_empty(),
+            "not a Windows node"
+        );
+        // Positive control: the same Event for the pod as it is still creating does flag.
+        assert!(
+            !e.sandbox_failed(&found, &pod("u1", json!({})), Some(&ws2019()))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn the_annotation_lists_every_finding_of_the_pod() {
+        let mut e = episodes();
+        let both = pod(
+            "u1",
+            json!({
+                "initContainerStatuses": [{
+                    "name": "init", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "RunContainerError", "message": CONTAINERD}}
+                }],
+                "containerStatuses": [{
+                    "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": DOCKER}}
+                }]
+            }),
+        );
+        let effects = e.pod_observed(&both, Some(&ws2019()));
+        assert_eq!(kinds(&effects), ["flag init", "flag app", "annotate 2"]);
+        let Some(Effect::Annotate { findings, .. }) = effects.last() else {
+            unreachable!()
+        };
+        let containers: Vec<&str> = findings
+            .iter()
+            .filter_map(|f| f["container"].as_str())
+            .collect();
+        assert_eq!(containers, ["app", "init"]);
+    }
+}
