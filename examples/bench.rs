@@ -14,6 +14,8 @@
 //! default (`workload-low`), so the API server counts exactly its requests
 //! (`apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::future::Future;

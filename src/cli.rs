@@ -114,6 +114,7 @@ pub struct ClusterArgs {
 }
 
 #[derive(Debug, Args)]
+#[allow(clippy::struct_excessive_bools)] // independent on/off flags, as users type them
 pub struct RunArgs {
     #[command(flatten)]
     pub labels: LabelArgs,

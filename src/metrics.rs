@@ -99,7 +99,7 @@ impl Metrics {
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(
-                std::process::id() as i32,
+                std::process::id().cast_signed(),
                 NAMESPACE,
             ),
         ))?;

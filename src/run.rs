@@ -64,7 +64,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     nodes::start(&shared, node_options(&args), changed_nodes, &mut tasks)?;
     pods::start(
         &shared,
-        PodOptions {
+        &PodOptions {
             annotate: args.annotate_pods,
             namespace: args.namespace.clone(),
         },

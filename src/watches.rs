@@ -71,7 +71,7 @@ where
     let params = params.limit(1);
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(PROBE_INTERVAL) => {}
+            () = tokio::time::sleep(PROBE_INTERVAL) => {}
             () = shutdown.cancelled() => return Ok(()),
         }
         if health.watch_failing(name) && api.list(&params).await.is_ok() {

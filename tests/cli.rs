@@ -1,5 +1,7 @@
 //! The offline subcommands as users and scripts call them: exit codes, stderr, and both output modes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 

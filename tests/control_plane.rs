@@ -1,5 +1,7 @@
 //! Smoke tests of the real control plane itself: what every other integration test relies on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use k8s_openapi::api::core::v1::Pod;

@@ -1,6 +1,8 @@
 //! The docs users read must say what the code does: every cell of the matrices in docs/compatibility.md
 //! and every row of the process-isolation table in docs/labels.md is checked against the core.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use osbuild_controller::core::compat::{compat, process_isolation_builds};
 use osbuild_controller::core::version::WindowsVersion;
 

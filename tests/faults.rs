@@ -3,6 +3,8 @@
 //! in the middle of a burst. In every test the controller keeps running, converges afterwards, and an
 //! [`Auditor`] watching the nodes for the whole test never sees a wrong label.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 #[path = "support/faults.rs"]
 mod faults;
 mod support;

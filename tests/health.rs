@@ -1,5 +1,7 @@
 //! The controller process: readiness, liveness, loud watch errors, and shutdown, against the real server.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};

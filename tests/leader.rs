@@ -2,6 +2,8 @@
 //! leader writes, followers stay ready, a stopped leader hands over at once, a dead one within the lease
 //! duration.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //! overlay test applies the overlay under a test-unique name prefix and namespace, so that granting `patch
 //! pods` there cannot leak into the base's checks running in parallel.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,8 @@
 //! The node controller against the real kube-apiserver (and kube-scheduler for the scheduling test).
 //! Kernel versions are real ones; their sources are in tests/data/kernel_versions.json and DOMAIN.md §1.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::BTreeMap;

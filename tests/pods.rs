@@ -2,6 +2,8 @@
 //! (spec.nodeName) and their status is set through the status subresource, as a kubelet would.
 //! Messages are real ones from tests/data/error_messages.json, where each carries its source URL.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use std::time::Duration;

@@ -1,6 +1,8 @@
 //! Properties that hold for every input, not just the real-world tables: parsing and classifying never
 //! panic, and every label value we would write is valid Kubernetes label-value syntax.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use osbuild_controller::core::labels::{
     LabelKeys, is_valid_label_value, node_labels, validate_label_key,
 };

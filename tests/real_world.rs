@@ -5,6 +5,8 @@
 //! - tests/data/error_messages.json: container and sandbox failure messages, the OS mismatch in its
 //!   wordings and look-alikes that must not be flagged.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use osbuild_controller::core::labels::{LabelKeys, is_valid_label_value, node_labels};
 use osbuild_controller::core::mismatch::classify;
 use osbuild_controller::core::version::{KernelVersion, parse_kernel_version};

@@ -2,6 +2,8 @@
 //! created on the real API server (RuntimeClass admission merges the class's nodeSelector into pods), and
 //! kube-scheduler must bind each pod to a host that runs its image, and only to such a host.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 mod support;
 
 use std::collections::BTreeMap;

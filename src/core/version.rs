@@ -132,8 +132,9 @@ pub fn parse_kernel_version(input: &str) -> Result<KernelVersion, KernelVersionE
     if major == 6 && minor <= 3 && third.is_some_and(|build| build >= 6000) {
         return Err(KernelVersionError::PreWindows10 {
             input: input.to_owned(),
-            major: major as u32,
-            minor: minor as u32,
+            // major is 6 and minor at most 3 here.
+            major: 6,
+            minor: u32::try_from(minor).unwrap_or(u32::MAX),
         });
     }
     if (2..10).contains(&major) && is_linux_release_text(text) {
@@ -275,7 +276,7 @@ fn is_linux_release_text(text: &str) -> bool {
 fn parse_build(input: &str, text: &str) -> Result<u32, KernelVersionError> {
     let build = parse_digits(input, "build", text)?;
     match u32::try_from(build) {
-        Ok(build) if build >= MIN_WINDOWS_BUILD as u32 => Ok(build),
+        Ok(build) if u64::from(build) >= MIN_WINDOWS_BUILD => Ok(build),
         _ => Err(KernelVersionError::BuildOutOfRange {
             input: input.to_owned(),
             build,

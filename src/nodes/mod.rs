@@ -210,6 +210,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, Nod
     }
 }
 
+#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
 fn error_policy(node: Arc<Node>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
     let category = err.category();
     ctx.shared.metrics.api_error(CONTROLLER, category);
@@ -286,7 +287,7 @@ mod tests {
             .collect()
     }
     fn set(keys: &[&str]) -> BTreeSet<String> {
-        keys.iter().map(|k| k.to_string()).collect()
+        keys.iter().map(ToString::to_string).collect()
     }
 
     #[test]

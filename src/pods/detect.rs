@@ -143,6 +143,7 @@ mod tests {
     const DOCKER: &str = "container 5b41 encountered an error during CreateContainer: failure in a Windows system call: The operating system of the container does not match the operating system of the host. (0xc0370101)";
     const CONTAINERD: &str = "failed to create containerd task: failed to create shim task: hcs::CreateComputeSystem app: The container operating system does not match the host operating system.: unknown";
 
+    #[allow(clippy::needless_pass_by_value)] // called with json! literals
     fn pod(status: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": "p", "namespace": "n"},

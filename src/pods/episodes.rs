@@ -303,6 +303,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::needless_pass_by_value)] // called with json! literals
     fn pod(uid: &str, statuses: serde_json::Value) -> Pod {
         serde_json::from_value(json!({
             "metadata": {"name": format!("pod-{uid}"), "namespace": "shop", "uid": uid},

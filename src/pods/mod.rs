@@ -46,7 +46,7 @@ pub struct PodOptions {
 }
 
 /// Starts the detector and the probes of its two watches.
-pub fn start(shared: &Arc<Shared>, options: PodOptions, tasks: &mut Supervisor) {
+pub fn start(shared: &Arc<Shared>, options: &PodOptions, tasks: &mut Supervisor) {
     let client = shared.client.clone();
     let (pods, events): (Api<Pod>, Api<CoreEvent>) = match &options.namespace {
         Some(ns) => (
