@@ -12,6 +12,7 @@ pub mod nodes;
 pub mod offline;
 pub mod ownership;
 pub mod pods;
+pub mod registry;
 pub mod run;
 pub mod server;
 pub mod telemetry;
