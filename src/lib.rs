@@ -5,6 +5,7 @@ pub mod cli;
 pub mod core;
 pub mod events;
 pub mod health;
+pub mod image_command;
 pub mod index;
 pub mod lease;
 pub mod metrics;

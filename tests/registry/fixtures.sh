@@ -95,6 +95,8 @@ index ltsc2022 ltsc2022
 index ltsc2025 ltsc2025
 index multi ltsc2019 ltsc2022
 index ws2016 ws2016
+# Read only by the cache test, so its request count in the access log is its own.
+index cached ltsc2025
 c index append -m "$reg/images/linux" -t "$reg/linux/app:latest" >/dev/null
 # A Docker manifest list (v2 schema 2 media types throughout).
 c index append --docker-empty-base -m "$reg/images/ltsc2019-docker" -m "$reg/images/ltsc2022-docker" \
