@@ -248,9 +248,8 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    // os.version values as Microsoft publishes them for mcr.microsoft.com/windows/servercore (manifest list
-    // entries "os.version": "10.0.17763.6293", "10.0.20348.2655", "10.0.26100.1742"; see
-    // https://github.com/microsoft/Windows-Containers/issues and the MCR tag pages).
+    // Index entries shaped like the official Windows images' (docker-library/golang#393: an entry
+    // "os.version": "10.0.20348.230"); sources of every shape in tests/registry/FIXTURES.md.
     #[test]
     fn ltsc_indexes() {
         let p = Isolation::Process;
