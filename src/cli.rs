@@ -30,6 +30,8 @@ pub enum Command {
     Compat(CompatArgs),
     /// Tell whether a container or sandbox error message is the Windows OS-version mismatch.
     Classify(ClassifyArgs),
+    /// Read an image's platforms from its registry and the osbuild values of the hosts that run it.
+    Image(ImageArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -81,9 +83,54 @@ pub struct CompatArgs {
     /// The host's version: any kernelVersion format, BUILD, BUILD.REVISION, or a release such as ltsc2022.
     #[arg(long)]
     pub host: String,
-    /// The image's version, in the same forms (a base image tag such as 1809 or ltsc2019 works too).
+    /// The image's version, in the same forms (a base image tag such as 1809 or ltsc2019 works too), or an
+    /// image reference (registry/repository[:tag|@digest]) to read from its registry.
     #[arg(long)]
     pub image: String,
+    /// Docker config JSON with registry credentials, for an image reference (see `image --help`).
+    #[arg(long, env = "OSBUILD_DOCKER_CONFIG")]
+    pub docker_config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// How to reach registries; shared by `image`, `compat --image REF` and the controller.
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// PEM file of CA certificates to trust for registries, beside the system's.
+    #[arg(long, env = "OSBUILD_REGISTRY_CA_FILE")]
+    pub registry_ca_file: Option<std::path::PathBuf>,
+    /// A registry (HOST[:PORT], as written in image references) to reach over plain HTTP; repeatable.
+    #[arg(long, env = "OSBUILD_REGISTRY_INSECURE", value_delimiter = ',')]
+    pub registry_insecure: Vec<String>,
+    /// Limit for reading one image from its registry, every request included (e.g. 10s).
+    #[arg(long, env = "OSBUILD_REGISTRY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub registry_timeout: Duration,
+}
+
+impl RegistryArgs {
+    pub fn options(&self) -> crate::registry::RegistryOptions {
+        crate::registry::RegistryOptions {
+            ca_file: self.registry_ca_file.clone(),
+            insecure: self.registry_insecure.clone(),
+            timeout: self.registry_timeout,
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image reference, e.g. registry.example.com/team/app:1.2 or app@sha256:...
+    pub reference: String,
+    /// Docker config JSON with registry credentials (~/.docker/config.json, or a pull secret's
+    /// .dockerconfigjson); anonymous without it.
+    #[arg(long, env = "OSBUILD_DOCKER_CONFIG")]
+    pub docker_config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -3,14 +3,18 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use osbuild_controller::cli::{Cli, Command, RunArgs};
-use osbuild_controller::{offline, run, telemetry};
+use osbuild_controller::{image_command, offline, run, telemetry};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => return run_controller(*args),
         Command::Explain(args) => offline::explain_command(&args),
+        Command::Compat(args) if image_command::is_image_reference(&args.image) => {
+            return online(image_command::compat_image_command(&args));
+        }
         Command::Compat(args) => offline::compat_command(&args),
+        Command::Image(args) => return online(image_command::image_command(&args)),
         Command::Classify(args) => offline::classify_command(&args, &mut std::io::stdin().lock()),
     };
     match result {
@@ -23,6 +27,28 @@ fn main() -> ExitCode {
         Err(err) => {
             eprintln!("error: {err}");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// Commands that read a registry: 0 with the answer on stdout, 2 with one error line (its category
+/// first, e.g. `unauthorized`, `not-found`, `timeout`, `bad-manifest`).
+fn online(
+    command: impl std::future::Future<Output = Result<String, image_command::ImageCommandError>>,
+) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(command).map_err(|e| e.to_string()));
+    match result {
+        Ok(output) => {
+            let _ = writeln!(std::io::stdout().lock(), "{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {}", err.replace('\n', " "));
+            ExitCode::from(2)
         }
     }
 }

@@ -38,6 +38,27 @@ pub fn process_isolation_builds(host_build: u32) -> Vec<u32> {
     builds
 }
 
+/// Whether containerd's Windows platform matcher accepts an image index entry of build `entry_build` on a
+/// host of build `host_build` (DOMAIN.md §3, containerd `platforms`): only the build counts, never the
+/// revision; a host before Windows Server 2022 needs its exact build; a later host accepts builds from the
+/// newest LTSC strictly below it (20348 for hosts up to and including 26100, 26100 after that) up to its own.
+/// It decides which entry a host *pulls*; whether that entry then *starts* is [`compat`]'s question.
+pub fn containerd_matches(host_build: u32, entry_build: u32) -> bool {
+    if host_build < WS2022 {
+        return host_build == entry_build;
+    }
+    let oldest_accepted = LTSC_FROM_WS2022
+        .iter()
+        .rev()
+        .find(|&&ltsc| host_build > ltsc)
+        .copied()
+        .unwrap_or(WS2022);
+    (oldest_accepted..=host_build).contains(&entry_build)
+}
+
+/// The LTSC releases whose images later hosts keep running ("stable ABI"), ascending.
+const LTSC_FROM_WS2022: &[u32] = &[WS2022, WS2025];
+
 /// The answer to "can this host run this image?".
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Compatibility {
@@ -160,6 +181,38 @@ mod tests {
         ];
         for (host, expected) in cases {
             assert_eq!(process_isolation_builds(*host), *expected, "host {host}");
+        }
+    }
+
+    #[test]
+    fn containerd_matcher_follows_its_ltsc_window() {
+        // (host, entry, pulled?) - containerd/platforms platform_windows_compat.go and its tests.
+        let cases = [
+            (17763, 17763, true),
+            (17763, 20348, false),
+            (17763, 14393, false),
+            (14393, 14393, true),
+            (19045, 17763, false),
+            (20348, 20348, true),
+            (20348, 17763, false),
+            (22000, 20348, true),
+            (22631, 22631, true),
+            (22631, 26100, false),
+            (25398, 20348, true),
+            (26100, 20348, true),
+            (26100, 25398, true),
+            (26100, 26100, true),
+            (26200, 26100, true),
+            (26200, 20348, false),
+            (26200, 26200, true),
+            (28000, 26100, true),
+        ];
+        for (host, entry, pulled) in cases {
+            assert_eq!(
+                containerd_matches(host, entry),
+                pulled,
+                "host {host} entry {entry}"
+            );
         }
     }
 

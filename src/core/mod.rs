@@ -8,4 +8,6 @@ pub mod compat;
 pub mod image;
 pub mod labels;
 pub mod mismatch;
+pub mod platform;
+pub mod runs_on;
 pub mod version;
