@@ -145,9 +145,8 @@ pub async fn image_command(args: &ImageArgs) -> Result<String, ImageCommandError
     for p in &report.platforms {
         let version = p.os_version.as_deref().unwrap_or("no os.version");
         let source = match p.version_source {
-            VersionSource::Index => "",
             VersionSource::Config => " (from its config)",
-            VersionSource::Unknown => "",
+            VersionSource::Index | VersionSource::Unknown => "",
         };
         let any = if p.matches_any_host {
             " [no os.version in the index: matches any host]"

@@ -3,6 +3,8 @@
 //! through the library and the CLI, credentials, failures, and the cache. The registries are built and
 //! started on first use; if they cannot be, every test here fails with the reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::process::{Command, Output};
@@ -95,7 +97,7 @@ fn secure_registry() -> Registry {
 }
 
 fn strs(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+    v.iter().map(std::string::ToString::to_string).collect()
 }
 
 const LTSC2022_HOSTS: &[&str] = &["20348", "22000", "22621", "22631", "25398", "26100"];

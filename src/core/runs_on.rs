@@ -245,7 +245,7 @@ mod tests {
     }
 
     fn strs(v: &[&str]) -> Vec<String> {
-        v.iter().map(|s| s.to_string()).collect()
+        v.iter().map(std::string::ToString::to_string).collect()
     }
 
     // Index entries shaped like the official Windows images' (docker-library/golang#393: an entry

@@ -149,7 +149,10 @@ impl Registry {
         }
         // One resolution per key at a time: the others wait, then find it cached.
         let gate = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             in_flight.entry(key.clone()).or_default().clone()
         };
         let guard = gate.lock().await;
@@ -158,7 +161,10 @@ impl Registry {
             _ => self.resolve_now(image, &reference, credentials, &key).await,
         };
         drop(guard);
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if Arc::strong_count(&gate) <= 2 {
             in_flight.remove(&key);
         }
@@ -166,7 +172,10 @@ impl Registry {
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Arc<ResolvedImage>> {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let hit = cache.get(key, Instant::now());
         if hit.is_some() {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +223,10 @@ impl Registry {
             })??;
         let found = Arc::new(found);
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let by_digest = format!(
             "{}/{}@{}",
             reference.resolve_registry(),
