@@ -20,18 +20,36 @@ pub fn truncate_note(mut text: String) -> String {
 /// Static categories for API errors.
 pub fn api_error_category(err: &kube::Error) -> &'static str {
     match err {
-        kube::Error::Api(status) => match status.code {
-            401 => "unauthorized",
-            403 => "forbidden",
-            404 => "not_found",
-            409 => "conflict",
-            422 => "invalid",
-            429 => "throttled",
-            500..=599 => "server_error",
-            _ => "api_other",
-        },
+        kube::Error::Api(status) => status_category(status.code),
         kube::Error::HyperError(_) | kube::Error::Service(_) => "unreachable",
         _ => "client",
+    }
+}
+
+fn status_category(code: u16) -> &'static str {
+    match code {
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        409 => "conflict",
+        410 => "expired",
+        422 => "invalid",
+        429 => "throttled",
+        500..=599 => "server_error",
+        _ => "api_other",
+    }
+}
+
+/// Static categories for watch errors: the API error's, `expired` for a resourceVersion that is too old
+/// (410 Gone: the watch re-lists).
+pub fn watch_error_category(err: &kube::runtime::watcher::Error) -> &'static str {
+    use kube::runtime::watcher::Error;
+    match err {
+        Error::InitialListFailed(e) | Error::WatchStartFailed(e) | Error::WatchFailed(e) => {
+            api_error_category(e)
+        }
+        Error::WatchError(status) => status_category(status.code),
+        Error::NoResourceVersion => "client",
     }
 }
 
@@ -57,5 +75,9 @@ mod tests {
         assert_eq!(api_error_category(&status(429)), "throttled");
         assert_eq!(api_error_category(&status(503)), "server_error");
         assert_eq!(api_error_category(&status(418)), "api_other");
+        let gone = kube::runtime::watcher::Error::WatchError(Box::new(
+            kube::core::Status::failure("too old resource version", "Expired").with_code(410),
+        ));
+        assert_eq!(watch_error_category(&gone), "expired");
     }
 }

@@ -60,9 +60,9 @@ impl Metrics {
             watch_errors: IntCounterVec::new(
                 opts(
                     "watch_errors_total",
-                    "Errors from watches, by resource (the watch retries with backoff).",
+                    "Errors from watches, by resource and error category (the watch retries with backoff).",
                 ),
-                &["resource"],
+                &["resource", "category"],
             )?,
             watch_up: IntGaugeVec::new(
                 opts(

@@ -8,6 +8,7 @@ use kube::Api;
 use kube::runtime::watcher;
 use tokio_util::sync::CancellationToken;
 
+use crate::events::watch_error_category;
 use crate::health::Health;
 use crate::metrics::Metrics;
 
@@ -30,8 +31,12 @@ pub fn observe_watch<K>(
         }
         Ok(_) => watch_recovered(health, metrics, name),
         Err(err) => {
-            tracing::error!(watch = name, error = %err, "watch failed; retrying with backoff (check RBAC and API server reachability)");
-            metrics.watch_errors.with_label_values(&[name]).inc();
+            let category = watch_error_category(err);
+            tracing::error!(watch = name, category, error = %err, "watch failed; retrying with backoff (check RBAC and API server reachability)");
+            metrics
+                .watch_errors
+                .with_label_values(&[name, category])
+                .inc();
             metrics.watch_up.with_label_values(&[name]).set(0);
             health.watch_failed(name, err.to_string());
         }

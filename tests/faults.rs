@@ -1,17 +1,14 @@
-//! Fault tests: the controller against a control plane of each test's own (tests/support/faults.rs), with
+//! Fault tests: the controller against a control plane of each test's own (testkit: `ControlPlane`, `faults`), with
 //! components restarted, watches expired (410), the server throttling (429), odd field values, and SIGTERM
 //! in the middle of a burst. In every test the controller keeps running, converges afterwards, and an
 //! [`Auditor`] watching the nodes for the whole test never sees a wrong label.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
 
-#[path = "support/faults.rs"]
-mod faults;
 mod support;
 
 use std::time::{Duration, Instant};
 
-use faults::{Auditor, ControlPlane, Proxy, apiserver_metric, unconverged};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use k8s_openapi::api::events::v1::Event;
@@ -19,7 +16,11 @@ use k8s_openapi::api::flowcontrol::v1::{FlowSchema, PriorityLevelConfiguration};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, VersionMatch};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
-use support::{Controller, TestEnv, consistently, eventually, http_get};
+use support::faults::{self, Auditor, Proxy, unconverged};
+use support::{
+    ControlPlane, Controller, EventQuery, TestEnv, apiserver_metric, consistently, eventually,
+    http_get,
+};
 
 /// Generous: on 2 cores a watch can back off for up to 30 s after a long outage.
 const RECOVERY: Duration = Duration::from_secs(180);
@@ -278,27 +279,30 @@ async fn expired_watch_410_relists() {
 
     wait_recovered(&controller).await;
     wait_converged(&env, "after the re-list").await;
-    // The nodes watch was told its resourceVersion expired (410 Gone, reason Expired), and counted it.
-    let expired = |log: &str| {
-        log.lines().any(|l| {
-            l.contains("watch=\"nodes\"")
-                && (l.contains("Expired") || l.contains("too old") || l.contains("410"))
-        })
-    };
+    // The nodes watch was told its resourceVersion expired (410 Gone), and counted it as such.
     eventually(
-        "the nodes watch's 410 is logged and counted",
+        "the nodes watch's 410 is counted as expired",
         RECOVERY,
         || async {
-            let errors = metric(
+            let expired = metric(
                 &controller,
                 "osbuild_watch_errors_total",
-                &[("resource", "nodes")],
+                &[("resource", "nodes"), ("category", "expired")],
             )
             .await;
-            (expired(&controller.log()) && errors > errors_during_cut).then_some(())
+            (expired >= 1.0).then_some(())
         },
     )
     .await;
+    assert!(
+        metric(
+            &controller,
+            "osbuild_watch_errors_total",
+            &[("resource", "nodes")]
+        )
+        .await
+            > errors_during_cut
+    );
     auditor.assert_no_wrong_labels();
     terminate_cleanly(controller);
 }
@@ -347,7 +351,7 @@ async fn throttled_429_converges() {
         .await
         .unwrap();
     // In force once concurrent requests of that identity are rejected.
-    let probe = faults::client_without_retries(&kubeconfig).await;
+    let probe = support::client_without_retries(&kubeconfig).await;
     eventually(
         "the API server throttles the controller's identity",
         RECOVERY,
@@ -467,14 +471,10 @@ fn node_info(os: &str, kernel: &str) -> Value {
 }
 
 async fn mismatch_events(env: &TestEnv) -> Vec<Event> {
-    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default())
+    EventQuery::new(&env.namespace)
+        .reason("OSVersionMismatch")
+        .list(&env.client)
         .await
-        .map(|l| l.items)
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|e| e.reason.as_deref() == Some("OSVersionMismatch"))
-        .collect()
 }
 
 async fn pod_with_status(env: &TestEnv, name: &str, node: &str, status: Value) {

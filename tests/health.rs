@@ -36,10 +36,18 @@ async fn ready_after_sync_live_and_exits_cleanly_on_sigterm() {
     let log_path = controller.log_path.clone();
     let status = controller.terminate();
     assert!(status.success(), "exit status after SIGTERM: {status:?}");
-    let log = std::fs::read_to_string(log_path).unwrap();
+    let messages: Vec<String> = support::read_log(&log_path)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|r| r["message"].as_str().map(str::to_owned))
+        .collect();
+    let signal = messages
+        .iter()
+        .position(|m| m == "SIGTERM received; shutting down");
+    let clean = messages.iter().position(|m| m == "shut down cleanly");
     assert!(
-        log.contains("SIGTERM received") && log.contains("shut down cleanly"),
-        "{log}"
+        matches!((signal, clean), (Some(s), Some(c)) if s < c),
+        "the signal, then a clean shutdown: {messages:?}"
     );
     env.cleanup().await;
 }
@@ -70,9 +78,24 @@ async fn missing_rbac_is_loud_counted_and_not_ready_until_granted() {
             >= 1.0
     );
     assert!(
-        controller.log().contains("watch failed"),
-        "{}",
+        controller
+            .log_record(
+                "watch failed; retrying with backoff (check RBAC and API server reachability)",
+                |r| r["level"] == "ERROR" && r["watch"] == "nodes" && r["category"] == "forbidden"
+            )
+            .is_some(),
+        "an error record naming the watch and the category; log:\n{}",
         controller.log()
+    );
+    assert_eq!(
+        controller
+            .metric(
+                "osbuild_watch_errors_total",
+                &[("resource", "nodes"), ("category", "forbidden")]
+            )
+            .await
+            .map(|v| v >= 1.0),
+        Some(true)
     );
     assert_eq!(
         controller.get("/healthz").await.0,

@@ -1,12 +1,15 @@
 //! Leader election with two (then three) controller processes against the real API server: only the
-//! leader writes, followers stay ready, a stopped leader hands over at once, a dead one within the lease
-//! duration.
+//! leader writes, followers stay ready, a stopped leader hands over at once, a dead one only once its lease
+//! has run out. Timing is read from the Lease's own fields (renewTime, acquireTime, leaseTransitions), as
+//! the replicas wrote them, never from the test's clock.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;
@@ -27,12 +30,33 @@ fn args(env: &TestEnv) -> Vec<String> {
     ]
 }
 
-async fn holder(env: &TestEnv) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.namespace)
+async fn lease(env: &TestEnv) -> Option<Lease> {
+    Api::<Lease>::namespaced(env.client.clone(), &env.namespace)
         .get_opt(&format!("{}-lease", env.prefix))
         .await
-        .ok()??;
-    lease.spec?.holder_identity.filter(|h| !h.is_empty())
+        .ok()?
+}
+
+async fn holder(env: &TestEnv) -> Option<String> {
+    lease(env)
+        .await?
+        .spec?
+        .holder_identity
+        .filter(|h| !h.is_empty())
+}
+
+/// (renewTime, acquireTime, leaseTransitions) of the Lease now.
+async fn record(env: &TestEnv) -> (Timestamp, Timestamp, i32) {
+    let spec = lease(env).await.and_then(|l| l.spec).expect("the lease");
+    (
+        spec.renew_time.expect("renewTime").0,
+        spec.acquire_time.expect("acquireTime").0,
+        spec.lease_transitions.expect("leaseTransitions"),
+    )
+}
+
+fn seconds_between(earlier: Timestamp, later: Timestamp) -> f64 {
+    (later.as_millisecond() - earlier.as_millisecond()) as f64 / 1000.0
 }
 
 /// Our identity outside a pod is "<hostname>-<pid>".
@@ -83,17 +107,22 @@ async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
     assert_eq!(writes(&b).await, 0.0, "the follower wrote");
     assert!(held_by(&holder(&env).await, &a));
 
-    // A stopped leader releases the lease at once; the follower takes over well within the lease duration.
-    let stopped = Instant::now();
+    // A stopped leader releases the lease at once: the follower acquires it sooner after a's last renewal
+    // than an expiry would allow, and the handover is one transition.
+    let (a_renewal, _, transitions) = record(&env).await;
     assert!(a.terminate().success());
     eventually("b holds the lease", TIMEOUT, || async {
         held_by(&holder(&env).await, &b).then_some(())
     })
     .await;
+    let (renewed_by_b, acquired_by_b, after) = record(&env).await;
+    assert_eq!(after, transitions + 1, "one handover");
+    assert!(renewed_by_b >= acquired_by_b);
+    // Had a not released it, b would have waited a whole lease duration after a's last renewal.
+    let gap = seconds_between(a_renewal, acquired_by_b);
     assert!(
-        stopped.elapsed() < LEASE_DURATION,
-        "handover took {:?}",
-        stopped.elapsed()
+        gap < LEASE_DURATION.as_secs_f64(),
+        "b acquired {gap:.2}s after a's last renewal: the lease was not released"
     );
     env.set_kernel_version(&node, "10.0.26100.32995").await;
     wait_osbuild(&env, &node, "26100").await;
@@ -102,16 +131,24 @@ async fn only_the_leader_writes_and_leadership_moves_on_stop_and_on_death() {
     // A leader that dies without releasing is replaced within the lease duration (plus one retry period
     // for each side to notice).
     let c = Controller::start(&env, &args).await;
-    let killed = Instant::now();
     b.kill();
+    let (b_last_renewal, _, transitions) = record(&env).await;
     eventually("c holds the lease", TIMEOUT, || async {
         held_by(&holder(&env).await, &c).then_some(())
     })
     .await;
-    let took = killed.elapsed();
+    let (_, acquired_by_c, after) = record(&env).await;
+    assert_eq!(after, transitions + 1, "one takeover");
+    // Never before the dead leader's lease ran out (safety), and soon after (one retry period each side).
+    let gap = seconds_between(b_last_renewal, acquired_by_c);
+    let lease = LEASE_DURATION.as_secs_f64();
     assert!(
-        took < LEASE_DURATION + Duration::from_secs(2),
-        "takeover after a crash took {took:?}"
+        gap >= lease,
+        "c took over {gap:.2}s after b's last renewal: before the lease expired"
+    );
+    assert!(
+        gap < lease + 2.0,
+        "c took over {gap:.2}s after b's last renewal"
     );
     env.set_kernel_version(&node, "10.0.17763.3887").await;
     wait_osbuild(&env, &node, "17763").await;

@@ -22,11 +22,11 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Controller, TIMEOUT, TestEnv, eventually, kubectl_with_stdin};
+use support::{Controller, EventQuery, TIMEOUT, TestEnv, eventually, kubectl_with_stdin};
 
 /// Namespace and ServiceAccount of the base manifests.
 const NS: &str = "osbuild-controller";
@@ -547,25 +547,11 @@ async fn mismatching_pod(env: &TestEnv, name: &str, node: &str) {
 }
 
 async fn events_about(client: &Client, namespace: &str, name: &str, reason: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
+    EventQuery::new(namespace)
+        .regarding(name)
+        .reason(reason)
+        .list(client)
         .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-        .filter(|e| e.reason.as_deref() == Some(reason))
-        .collect()
-}
-
-/// Every `# TYPE osbuild_...` family in a scrape.
-fn metric_families(body: &str) -> BTreeSet<String> {
-    body.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with("osbuild_"))
-        .map(String::from)
-        .collect()
 }
 
 #[tokio::test]
@@ -674,25 +660,15 @@ async fn the_manifests_service_account_labels_nodes_flags_pods_and_stays_ready()
     let (status, _) = controller.get("/readyz").await;
     assert_eq!(status, 200);
     assert_eq!(controller.get("/healthz").await.0, 200);
-    let (_, body) = controller.get("/metrics").await;
-    let failures: Vec<&str> = body
-        .lines()
-        .filter(|l| {
-            l.starts_with("osbuild_reconcile_errors_total")
-                || l.starts_with("osbuild_watch_errors_total")
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "errors: {failures:?}\nlog:\n{}",
-        controller.log()
-    );
-    let log = controller.log();
-    assert!(!log.to_lowercase().contains("forbidden"), "{log}");
+    let scrape = controller.scrape().await;
+    let failures = scrape.sum("osbuild_reconcile_errors_total", &[])
+        + scrape.sum("osbuild_watch_errors_total", &[]);
+    assert_eq!(failures, 0.0, "errors; log:\n{}", controller.log());
 
     // Every metric family it exports is documented.
     let documented = read("docs/metrics.md");
-    let undocumented: Vec<String> = metric_families(&body)
+    let undocumented: Vec<String> = scrape
+        .families("osbuild_")
         .into_iter()
         .filter(|m| !documented.contains(&format!("`{m}`")))
         .collect();

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
-use support::{Controller, TIMEOUT, TestEnv, consistently, eventually};
+use support::{Controller, EventQuery, TIMEOUT, TestEnv, consistently, eventually};
 
 const OSBUILD: &str = "beta.kubernetes.io/osbuild";
 const PREFIX: &str = "osbuild-controller.io";
@@ -44,17 +44,13 @@ fn ours(labels: &BTreeMap<String, String>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// Warning Events our controller published about a node (cluster-scoped objects' events go to `default`).
+/// Events our controller published about a node (cluster-scoped objects' events go to `default`).
 async fn node_events(env: &TestEnv, node: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(env.client.clone(), "default")
-        .list(&ListParams::default())
+    EventQuery::new("default")
+        .regarding(node)
+        .ours()
+        .list(&env.client)
         .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(node))
-        .filter(|e| e.reporting_controller.as_deref() == Some("osbuild-controller"))
-        .collect()
 }
 
 async fn wait_event(env: &TestEnv, node: &str, reason: &str) -> Event {
@@ -392,14 +388,24 @@ async fn dry_run_writes_nothing() {
     let bad = env.create_windows_node("bad", "6.2.09200.192").await;
     let before = env.node(&node).await.resource_version();
     let controller = Controller::start(&env, &["--dry-run"]).await;
-    eventually("dry-run logs the change", TIMEOUT, || async {
-        controller
-            .log()
-            .contains("dry run: would apply labels")
-            .then_some(())
+    // Positive control: the node was reconciled, and the change it would make is the right one.
+    let record = eventually("dry-run logs the change it would make", TIMEOUT, || async {
+        controller.log_record("dry run: would apply labels", |r| {
+            r["spans"]
+                .as_array()
+                .is_some_and(|spans| spans.iter().any(|s| s["node"] == node.as_str()))
+        })
     })
     .await;
-    assert!(controller.log().contains(&format!("+{OSBUILD}=17763")));
+    let change = record["change"].as_str().unwrap_or_default();
+    assert!(change.contains(&format!("+{OSBUILD}=17763")), "{record}");
+    assert!(
+        controller
+            .metric("osbuild_reconcile_duration_seconds_count", &[])
+            .await
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     assert_eq!(env.node(&node).await.resource_version(), before);
     assert!(
         node_events(&env, &bad).await.is_empty(),
@@ -426,6 +432,19 @@ async fn labels_that_already_hold_cost_no_write() {
     env.set_node_status(&node, "windows", "10.0.17763.3887")
         .await; // a kubelet heartbeat
     let after_heartbeat = env.node(&node).await.resource_version();
+    // Positive control: the restarted controller does look at the node (every second), it just has
+    // nothing to write.
+    eventually(
+        "the restarted controller reconciles the node",
+        TIMEOUT,
+        || async {
+            let reconciles = second
+                .metric("osbuild_reconcile_duration_seconds_count", &[])
+                .await?;
+            (reconciles >= 2.0).then_some(())
+        },
+    )
+    .await;
     consistently(
         "no write by the restarted controller",
         Duration::from_secs(3),

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Pod};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Controller, TIMEOUT, TestEnv, consistently, eventually};
+use support::{Controller, EventQuery, TIMEOUT, TestEnv, consistently, eventually};
 
 #[derive(Deserialize)]
 struct MessageCase {
@@ -79,15 +79,11 @@ fn running(container: &str, image: &str) -> Value {
 }
 
 async fn mismatch_events(env: &TestEnv, pod: &str) -> Vec<Event> {
-    Api::<Event>::namespaced(env.client.clone(), &env.namespace)
-        .list(&ListParams::default())
+    EventQuery::new(&env.namespace)
+        .regarding(pod)
+        .reason("OSVersionMismatch")
+        .list(&env.client)
         .await
-        .expect("list events")
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod))
-        .filter(|e| e.reason.as_deref() == Some("OSVersionMismatch"))
-        .collect()
 }
 
 async fn wait_flagged(env: &TestEnv, controller: &Controller, pod: &str, container: &str) -> Event {
@@ -409,16 +405,20 @@ async fn other_crash_loops_and_linux_pods_are_not_flagged() {
 #[tokio::test]
 async fn namespace_flag_limits_the_watch() {
     let env = TestEnv::new("pods-namespace").await;
+    // The watched namespace: a second test namespace on the same cluster.
+    let watched = TestEnv::with_client(env.client.clone(), "pods-namespace-in").await;
     let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
-    let controller = Controller::start(&env, &["--namespace", "kube-system"]).await;
+    let controller = Controller::start(&env, &["--namespace", &watched.namespace]).await;
     let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
-    create_pod(&env, "elsewhere", &node, image, false).await;
     let message = real_message(Some("containerd"), "");
-    env.set_pod_status(
-        "elsewhere",
-        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 1)]}),
-    )
-    .await;
+    let status =
+        json!({"containerStatuses": [crash_loop("app", image, "StartError", &message, 1)]});
+    create_pod(&env, "elsewhere", &node, image, false).await;
+    env.set_pod_status("elsewhere", status.clone()).await;
+    // Positive control: the same failure inside --namespace is flagged.
+    create_pod(&watched, "inside", &node, image, false).await;
+    watched.set_pod_status("inside", status).await;
+    wait_flagged(&watched, &controller, "inside", "app").await;
     consistently(
         "not flagged outside --namespace",
         Duration::from_secs(2),
@@ -426,5 +426,6 @@ async fn namespace_flag_limits_the_watch() {
     )
     .await;
     assert_eq!(gauge(&controller, &env, "elsewhere").await, None);
+    watched.cleanup().await;
     env.cleanup().await;
 }
