@@ -30,21 +30,20 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::Parser;
 use futures::StreamExt;
-use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, Namespace, Node, Pod, ServiceAccount};
 use k8s_openapi::api::flowcontrol::v1::FlowSchema;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{GetParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::config::Kubeconfig;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Api, Client, Config, Resource, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use osbuild_controller::FIELD_MANAGER as MANAGER;
 use osbuild_controller::core::labels::LabelKeys;
 use osbuild_controller::nodes::{labels_hold, plan::plan};
 use osbuild_controller::ownership::applied_label_keys;
+use osbuild_testkit::{Scrape, client_from, free_port, http_get, token_kubeconfig};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every node the bench creates carries this label; its watch and the reference select on it.
 const BENCH_LABEL: &str = "osbuild-bench";
@@ -569,86 +568,34 @@ fn from_json<K: DeserializeOwned>(value: Value) -> Result<K> {
     serde_json::from_value(value).context("object literal")
 }
 
-/// The API server's /metrics, parsed enough to sum series.
-struct ApiMetrics(String);
+/// The API server's /metrics.
+struct ApiMetrics(Scrape);
 
 impl ApiMetrics {
     async fn scrape(client: &Client) -> Result<Self> {
         let request = kube::core::Request::new("")
             .get("metrics", &GetParams::default())
             .context("build /metrics request")?;
-        Ok(Self(
-            client.request_text(request).await.context("GET /metrics")?,
-        ))
+        let text = client.request_text(request).await.context("GET /metrics")?;
+        Ok(Self(Scrape::parse(&text)))
     }
 
     /// Sum of the series of `name` whose labels include every `(key, value)`; a value starting with `!`
     /// means "not this value", `2xx` matches any 2xx code, `A|B` either value.
     fn sum(&self, name: &str, filter: &[(&str, &str)]) -> f64 {
-        sum_series(&self.0, name, filter)
-    }
-}
-
-fn sum_series(text: &str, name: &str, filter: &[(&str, &str)]) -> f64 {
-    let mut total = 0.0;
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let (series_name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, parse_labels(rest.trim_end_matches('}'))),
-            None => (series, BTreeMap::new()),
-        };
-        if series_name != name {
-            continue;
-        }
-        let matches = filter.iter().all(|(k, want)| {
-            let have = labels.get(*k).map(String::as_str).unwrap_or("");
-            if let Some(not) = want.strip_prefix('!') {
-                have != not
-            } else if *want == "2xx" {
-                have.starts_with('2')
-            } else {
-                want.split('|').any(|w| have == w)
-            }
-        });
-        if matches {
-            total += value.parse::<f64>().unwrap_or(0.0);
-        }
-    }
-    total
-}
-
-/// `a="x",b="y"` (quoted values, backslash escapes) to a map.
-fn parse_labels(text: &str) -> BTreeMap<String, String> {
-    let mut labels = BTreeMap::new();
-    let mut chars = text.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
-        if key.is_empty() {
-            break;
-        }
-        if chars.next() != Some('"') {
-            break;
-        }
-        let mut value = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => {
-                    if let Some(e) = chars.next() {
-                        value.push(if e == 'n' { '\n' } else { e });
-                    }
+        self.0.sum_where(name, |labels| {
+            filter.iter().all(|(k, want)| {
+                let have = labels.get(k).unwrap_or("");
+                if let Some(not) = want.strip_prefix('!') {
+                    have != not
+                } else if *want == "2xx" {
+                    have.starts_with('2')
+                } else {
+                    want.split('|').any(|w| have == w)
                 }
-                '"' => break,
-                c => value.push(c),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').to_owned(), value);
-        if chars.peek() == Some(&',') {
-            chars.next();
-        }
+            })
+        })
     }
-    labels
 }
 
 /// Per-phase request counts from two scrapes.
@@ -692,12 +639,6 @@ fn requests(before: &ApiMetrics, after: &ApiMetrics) -> Requests {
 }
 
 // ------------------------------------------------------------------------------------------ controller
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 fn clock_ticks() -> f64 {
     static TICKS: OnceLock<f64> = OnceLock::new();
@@ -755,7 +696,7 @@ struct ControllerProcess {
 impl ControllerProcess {
     fn spawn(args: &Args, kubeconfig: &Path, work_dir: &Path, tag: &str) -> Result<Self> {
         let binary = &args.controller;
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let addr = format!("127.0.0.1:{}", free_port());
         let log = work_dir.join(format!("controller-{tag}.log"));
         let child = Command::new(binary)
             .args(["run", "--metrics-addr", &addr, "--log-filter", "warn"])
@@ -773,27 +714,12 @@ impl ControllerProcess {
     }
 
     async fn get(&self, path: &str) -> Result<(u16, String)> {
-        let mut stream = tokio::net::TcpStream::connect(&self.addr).await?;
-        stream
-            .write_all(format!("GET {path} HTTP/1.0\r\nHost: {}\r\n\r\n", self.addr).as_bytes())
-            .await?;
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await?;
-        let status = response
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        let body = response
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_owned())
-            .unwrap_or_default();
-        Ok((status, body))
+        Ok(http_get(&self.addr, path).await?)
     }
 
     async fn metric(&self, name: &str) -> f64 {
         match self.get("/metrics").await {
-            Ok((200, body)) => sum_series(&body, name, &[]),
+            Ok((200, body)) => Scrape::parse(&body).sum(name, &[]),
             _ => f64::NAN,
         }
     }
@@ -951,38 +877,14 @@ async fn setup_identities(
             }))?,
         )
         .await?;
-        let request: TokenRequest =
-            from_json(json!({"spec": {"audiences": [], "expirationSeconds": 86400}}))?;
-        let token = accounts
-            .create_token_request(sa, &PostParams::default(), &request)
-            .await
-            .context("TokenRequest")?
-            .status
-            .context("token status")?
-            .token;
-        let admin_config = Kubeconfig::read().context("read the admin kubeconfig")?;
-        let cluster = admin_config
-            .clusters
-            .first()
-            .context("no cluster in the admin kubeconfig")?;
-        let config = json!({
-            "apiVersion": "v1", "kind": "Config",
-            "clusters": [serde_json::to_value(cluster)?],
-            "users": [{"name": sa, "user": {"token": token}}],
-            "contexts": [{"name": sa, "context": {"cluster": cluster.name, "user": sa}}],
-            "current-context": sa,
-        });
         let path = work_dir.join(format!("{sa}.kubeconfig"));
-        std::fs::write(&path, serde_json::to_vec_pretty(&config)?)?;
+        let admin_kubeconfig = PathBuf::from(
+            std::env::var_os("KUBECONFIG").context("KUBECONFIG names the admin kubeconfig")?,
+        );
+        token_kubeconfig(admin, &admin_kubeconfig, BENCH_NS, sa, &path).await;
         kubeconfigs.push(path);
     }
     Ok((kubeconfigs[0].clone(), kubeconfigs[1].clone()))
-}
-
-async fn client_from(path: &Path) -> Result<Client> {
-    let kubeconfig = Kubeconfig::read_from(path)?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(config)?)
 }
 
 async fn create_nodes(admin: &Client, defs: &[NodeDef], concurrency: usize) -> Result<Duration> {
@@ -1853,7 +1755,7 @@ async fn main() -> Result<()> {
     ));
 
     // ---- the reference, once per concurrency
-    let reference_client = client_from(&reference_kubeconfig).await?;
+    let reference_client = client_from(&reference_kubeconfig).await;
     for &concurrency in &args.reference_concurrency {
         log(format!(
             "reference (concurrency {}): removing our labels (apply of the empty set under our field manager)",

@@ -41,6 +41,16 @@ impl Scrape {
             .sum()
     }
 
+    /// The sum over the series of `name` whose labels `keep` accepts (for filters richer than equality).
+    pub fn sum_where(&self, name: &str, keep: impl Fn(&prometheus_parse::Labels) -> bool) -> f64 {
+        self.0
+            .samples
+            .iter()
+            .filter(|s| s.metric == name && keep(&s.labels))
+            .filter_map(|s| scalar(&s.value))
+            .sum()
+    }
+
     /// Every metric family (with a `# HELP` line) whose name starts with `prefix`.
     pub fn families(&self, prefix: &str) -> std::collections::BTreeSet<String> {
         self.0
