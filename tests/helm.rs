@@ -1036,3 +1036,35 @@ async fn helm_install_runs_upgrade_changes_rbac_and_args_uninstall_leaves_nothin
     let _ = std::fs::remove_file(&kubeconfig);
     env.cleanup().await;
 }
+
+#[test]
+fn the_chart_ships_this_version_of_the_controller() {
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo(&format!("{CHART}/Chart.yaml"))).unwrap(),
+    )
+    .expect("Chart.yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        chart["appVersion"], version,
+        "appVersion is the crate's version"
+    );
+    let images: Value = serde_norway::from_str(
+        chart["annotations"]["artifacthub.io/images"]
+            .as_str()
+            .expect("artifacthub.io/images"),
+    )
+    .unwrap();
+    assert_eq!(
+        images[0]["image"],
+        format!("ghcr.io/osbuild-controller/osbuild-controller:{version}")
+    );
+    for key in [
+        "artifacthub.io/license",
+        "artifacthub.io/links",
+        "artifacthub.io/changes",
+        "artifacthub.io/category",
+    ] {
+        assert!(chart["annotations"][key].is_string(), "{key}");
+    }
+    assert_eq!(chart["annotations"]["artifacthub.io/license"], "Apache-2.0");
+}
