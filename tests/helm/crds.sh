@@ -31,7 +31,7 @@ log "generating the CRDs of $api/v1 $api_version"
 # maxDescLen=0: no field descriptions (they make the CRDs several MB; validation does not need them).
 (cd "$here" && "$tmp/controller-gen" crd:crdVersions=v1,maxDescLen=0 paths="$api/v1" output:crd:dir="$tmp/out")
 for f in "${want[@]}"; do
-  [ -s "$tmp/out/$f" ] || { log "controller-gen made no $f (made: $(ls "$tmp/out" | tr '\n' ' '))"; exit 1; }
+  [ -s "$tmp/out/$f" ] || { log "controller-gen made no $f (made: $(find "$tmp/out" -name '*.yaml' -printf '%f '))"; exit 1; }
   mv -f "$tmp/out/$f" "$cache/$f"
 done
 log "CRDs ready in $cache ($((SECONDS - start))s)"
