@@ -6,12 +6,20 @@
 #   docker run --rm ghcr.io/osbuild-controller/osbuild-controller:0.1.0 explain 10.0.17763.3887
 #
 # The builder runs on the target platform and builds for `$(uname -m)-unknown-linux-musl`, so the same file
-# builds linux/amd64 (verified) and linux/arm64 (with `docker buildx --platform linux/arm64`; not verified).
-# rustls with the `ring` provider compiles its C and assembly with musl-gcc (Debian's musl-tools): no
-# OpenSSL, no glibc, nothing dynamic, so the runtime image needs no libc at all.
+# builds linux/amd64 and linux/arm64 (`docker buildx --platform linux/amd64,linux/arm64`). rustls with the
+# `ring` provider compiles its C and assembly with musl-gcc (Debian's musl-tools): no OpenSSL, no glibc,
+# nothing dynamic, so the runtime image needs no libc at all.
+#
+# CI does not run this file (no daemon, no registry there): scripts/image builds the same image from scratch
+# and tests/image.rs starts it with runc (docs/release.md).
+#
+# The runtime base is pinned by digest: the multi-arch index (linux/amd64, linux/arm64, ...) that
+# gcr.io/distroless/static-debian12:nonroot pointed to in July 2026 (Renovate's digest update d093aa3 ->
+# aef9602 in github.com/bug-ops/zeph pull request 6318). Refresh it with
+# `crane digest gcr.io/distroless/static-debian12:nonroot` and update the date here.
 
 ARG RUST_IMAGE=rust:1.95-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
+ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:aef9602f8710ec12bde19d593fed1f76c708531bb7aba205110f1029786ead7b
 
 FROM ${RUST_IMAGE} AS builder
 RUN apt-get update \

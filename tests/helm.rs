@@ -1,0 +1,1072 @@
+//! The Helm chart (charts/osbuild-controller) with a real helm (built from Go modules by tests/helm/build.sh)
+//! against the real kube-apiserver:
+//!
+//! - `helm lint --strict`, with the defaults and with every switch turned;
+//! - the default render is the kustomize manifests (parsed objects, not text), the annotatePods switch is the
+//!   annotate-pods overlay, the Prometheus switches are manifests/prometheus;
+//! - every values switch rendered, applied server-side (dry run, then for real) and its RBAC checked with
+//!   SubjectAccessReviews: the ServiceAccount may do what the chosen options need and nothing more;
+//! - bad values fail at `helm install` (values.schema.json) and create nothing;
+//! - `helm install`, `helm upgrade`, `helm uninstall`: the controller runs with the chart's ServiceAccount and
+//!   labels a node; an upgrade changes args and RBAC together; uninstall leaves none of the chart's objects.
+//!
+//! Every release gets a namespace and a name of its own (so cluster-scoped names never meet the kustomize
+//! tests' `osbuild-controller` objects); the Prometheus Operator's CRDs come from tests/helm/crds.sh.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+use kube::api::PostParams;
+use kube::{Api, Client};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use support::{Controller, TIMEOUT, TestEnv, eventually, kubectl_with_stdin};
+
+const CHART: &str = "charts/osbuild-controller";
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs a build script of ours and returns the path on its last stdout line; the test fails if it cannot.
+fn built_by(script: &str) -> PathBuf {
+    let out = Command::new(repo(script))
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default());
+    assert!(
+        out.status.success() && path.exists(),
+        "{script} failed ({:?}); the chart tests need it and never skip",
+        out.status.code()
+    );
+    path
+}
+
+/// The helm binary (built and cached by version by tests/helm/build.sh).
+fn helm() -> &'static Path {
+    static HELM: OnceLock<PathBuf> = OnceLock::new();
+    HELM.get_or_init(|| built_by("tests/helm/build.sh"))
+}
+
+/// Runs helm against the test control plane; returns (success, stdout, stderr).
+fn helm_run(args: &[&str]) -> (bool, String, String) {
+    let cache = std::env::temp_dir().join("osbuild-helm-test-home");
+    let out = Command::new(helm())
+        .args(args)
+        .env("KUBECONFIG", support::kubeconfig())
+        // Keep helm's caches and repository config out of the user's home.
+        .env("HELM_CACHE_HOME", cache.join("cache"))
+        .env("HELM_CONFIG_HOME", cache.join("config"))
+        .env("HELM_DATA_HOME", cache.join("data"))
+        .output()
+        .expect("run helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn helm_ok(args: &[&str]) -> String {
+    let (ok, stdout, stderr) = helm_run(args);
+    assert!(ok, "helm {args:?} failed:\n{stderr}");
+    stdout
+}
+
+/// `helm template RELEASE CHART -n NAMESPACE --set ...` as parsed objects.
+fn template(release: &str, namespace: &str, sets: &[String]) -> Vec<Value> {
+    parse_yaml(&template_text(release, namespace, sets))
+}
+
+fn template_text(release: &str, namespace: &str, sets: &[String]) -> String {
+    let chart = repo(CHART);
+    let mut args = vec![
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ];
+    for s in sets {
+        args.extend(["--set-json", s.as_str()]);
+    }
+    helm_ok(&args)
+}
+
+/// Every non-empty document of a multi-document YAML stream.
+fn parse_yaml(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("helm and kubectl print valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+fn kustomize(dir: &str) -> Vec<Value> {
+    let dir = repo(dir);
+    parse_yaml(&kubectl_with_stdin(
+        &["kustomize", dir.to_str().unwrap()],
+        "",
+    ))
+}
+
+fn key(o: &Value) -> String {
+    format!(
+        "{}/{}",
+        o["kind"].as_str().unwrap_or_default(),
+        o["metadata"]["name"].as_str().unwrap_or_default()
+    )
+}
+
+/// Objects by kind/name, with the labels that only say which tool rendered them (`helm.sh/chart`,
+/// `app.kubernetes.io/managed-by`) taken out of every label map, after checking their values.
+fn comparable(objects: Vec<Value>, managed_by: &str) -> BTreeMap<String, Value> {
+    fn strip(value: &mut Value, managed_by: &str) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::Object(labels)) = map.get_mut("labels") {
+                    if let Some(by) = labels.remove("app.kubernetes.io/managed-by") {
+                        assert_eq!(by, managed_by, "app.kubernetes.io/managed-by");
+                    }
+                    labels.remove("helm.sh/chart");
+                }
+                for v in map.values_mut() {
+                    strip(v, managed_by);
+                }
+            }
+            Value::Array(items) => items.iter_mut().for_each(|v| strip(v, managed_by)),
+            _ => {}
+        }
+    }
+    objects
+        .into_iter()
+        .map(|mut o| {
+            strip(&mut o, managed_by);
+            (key(&o), o)
+        })
+        .collect()
+}
+
+fn assert_same_objects(helm: BTreeMap<String, Value>, kustomize: BTreeMap<String, Value>) {
+    assert_eq!(
+        helm.keys().collect::<Vec<_>>(),
+        kustomize.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (k, h) in &helm {
+        assert_eq!(
+            h, &kustomize[k],
+            "{k} differs:\nhelm:      {h}\nkustomize: {}",
+            kustomize[k]
+        );
+    }
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+fn one<'a>(objects: &'a [Value], kind: &str) -> &'a Value {
+    let found = find(objects, kind);
+    assert_eq!(found.len(), 1, "one {kind} in {objects:?}");
+    found[0]
+}
+
+fn args_of(objects: &[Value]) -> Vec<String> {
+    one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg").to_owned())
+        .collect()
+}
+
+#[test]
+fn chart_lints_strict_with_defaults_and_with_every_switch() {
+    let chart = repo(CHART);
+    let chart = chart.to_str().unwrap();
+    helm_ok(&["lint", "--strict", chart]);
+    let mut args = vec!["lint", "--strict", chart];
+    let sets = every_switch("lint-ns", "lint-watched");
+    for s in &sets {
+        args.extend(["--set-json", s.as_str()]);
+    }
+    helm_ok(&args);
+}
+
+#[test]
+fn default_render_is_the_kustomize_manifests() {
+    // `helm install osbuild-controller -n osbuild-controller` makes what `kubectl apply -k manifests`
+    // makes, except the Namespace: a release cannot own the namespace its own record lives in
+    // (docs/install.md: --create-namespace).
+    let helm = template("osbuild-controller", "osbuild-controller", &[]);
+    let mut kustomized = kustomize("manifests");
+    let namespaces: Vec<Value> = kustomized
+        .iter()
+        .filter(|o| o["kind"] == "Namespace")
+        .cloned()
+        .collect();
+    assert_eq!(namespaces.len(), 1, "the kustomize base has its Namespace");
+    kustomized.retain(|o| o["kind"] != "Namespace");
+    assert!(kustomized.len() >= 8, "{kustomized:?}");
+    assert_same_objects(
+        comparable(helm.clone(), "Helm"),
+        comparable(kustomized, "kustomize"),
+    );
+    // And the annotatePods switch is the annotate-pods overlay.
+    let annotating = template(
+        "osbuild-controller",
+        "osbuild-controller",
+        &[r#"controller.annotatePods=true"#.into()],
+    );
+    let mut overlay = kustomize("manifests/overlays/annotate-pods");
+    overlay.retain(|o| o["kind"] != "Namespace");
+    assert_same_objects(
+        comparable(annotating, "Helm"),
+        comparable(overlay, "kustomize"),
+    );
+    // Every object names its chart (Artifact Hub and `helm get` rely on it).
+    for o in &helm {
+        assert_eq!(
+            o["metadata"]["labels"]["helm.sh/chart"],
+            "osbuild-controller-0.1.0"
+        );
+    }
+}
+
+#[test]
+fn prometheus_switches_render_manifests_prometheus() {
+    let helm = template(
+        "osbuild-controller",
+        "osbuild-controller",
+        &[
+            "serviceMonitor.enabled=true".into(),
+            "prometheusRule.enabled=true".into(),
+            r#"serviceMonitor.labels={"release":"kube-prometheus-stack"}"#.into(),
+        ],
+    );
+    let kustomized = kustomize("manifests/prometheus");
+    for kind in ["ServiceMonitor", "PrometheusRule"] {
+        let (h, k) = (one(&helm, kind), one(&kustomized, kind));
+        assert_eq!(h["spec"], k["spec"], "{kind} spec");
+        assert_eq!(h["metadata"]["name"], k["metadata"]["name"]);
+        assert_eq!(h["metadata"]["namespace"], k["metadata"]["namespace"]);
+    }
+    assert_eq!(
+        one(&helm, "ServiceMonitor")["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
+    // Another release name: the alerts follow the job, which is the Service's name.
+    let other = template(
+        "shop",
+        "monitoring",
+        &["prometheusRule.enabled=true".into()],
+    );
+    let rules = one(&other, "PrometheusRule")["spec"].to_string();
+    assert!(
+        rules.contains(r#"job=\"shop-osbuild-controller\""#),
+        "{rules}"
+    );
+    assert!(!rules.contains(r#"job=\"osbuild-controller\""#), "{rules}");
+    assert_eq!(
+        one(&other, "Service")["metadata"]["name"],
+        "shop-osbuild-controller"
+    );
+}
+
+/// Values that turn every switch away from its default (`--set-json` arguments).
+fn every_switch(namespace: &str, watched: &str) -> Vec<String> {
+    vec![
+        r#"image.repository="registry.example.com/osbuild-controller""#.into(),
+        format!(r#"image.digest="sha256:{}""#, "a".repeat(64)),
+        r#"image.pullPolicy="Always""#.into(),
+        r#"imagePullSecrets=[{"name":"regcred"}]"#.into(),
+        "replicaCount=3".into(),
+        "revisionHistoryLimit=2".into(),
+        r#"leaderElection.leaseDuration="20s""#.into(),
+        "controller.annotatePods=true".into(),
+        format!(r#"controller.watchNamespace="{watched}""#),
+        r#"controller.nodeSelector="kubernetes.io/os=windows""#.into(),
+        r#"controller.osbuildLabel="example.com/osbuild""#.into(),
+        r#"controller.labelPrefix="osbuild.example.com""#.into(),
+        "controller.forceConflicts=true".into(),
+        "controller.dryRun=true".into(),
+        r#"controller.resyncInterval="5m""#.into(),
+        "controller.concurrency=8".into(),
+        r#"controller.logFormat="text""#.into(),
+        r#"controller.logFilter="osbuild_controller=debug,kube=warn""#.into(),
+        format!(r#"extraArgs=["--lease-namespace={namespace}"]"#),
+        r#"extraEnv=[{"name":"EXTRA","value":"1"}]"#.into(),
+        r#"serviceAccount.annotations={"example.com/owner":"platform"}"#.into(),
+        r#"podAnnotations={"example.com/scrape":"yes"}"#.into(),
+        r#"podLabels={"team":"platform"}"#.into(),
+        r#"resources={"requests":{"cpu":"10m","memory":"32Mi"}}"#.into(),
+        r#"nodeSelector={"kubernetes.io/os":"linux","pool":"system"}"#.into(),
+        r#"tolerations=[{"key":"CriticalAddonsOnly","operator":"Exists"}]"#.into(),
+        r#"affinity={"nodeAffinity":{"requiredDuringSchedulingIgnoredDuringExecution":{"nodeSelectorTerms":[{"matchExpressions":[{"key":"pool","operator":"In","values":["system"]}]}]}}}"#.into(),
+        r#"topologySpreadConstraints=[{"maxSkew":1,"topologyKey":"topology.kubernetes.io/zone","whenUnsatisfiable":"ScheduleAnyway","labelSelector":{"matchLabels":{"team":"platform"}}}]"#.into(),
+        r#"priorityClassName="""#.into(),
+        "terminationGracePeriodSeconds=10".into(),
+        "service.port=9090".into(),
+        "podDisruptionBudget.enabled=false".into(),
+        "serviceMonitor.enabled=true".into(),
+        r#"serviceMonitor.interval="1m""#.into(),
+        "prometheusRule.enabled=true".into(),
+        r#"prometheusRule.labels={"role":"alert-rules"}"#.into(),
+        "networkPolicy.enabled=true".into(),
+        r#"networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"kubernetes.io/metadata.name":"monitoring"}}}]"#.into(),
+        r#"networkPolicy.apiServer.cidrs=["10.0.0.1/32","127.0.0.1/32"]"#.into(),
+    ]
+}
+
+// ---------------------------------------------------------------- access reviews
+
+/// One access to ask a SubjectAccessReview about.
+#[derive(Clone, Debug)]
+struct Access {
+    verb: &'static str,
+    group: &'static str,
+    resource: &'static str,
+    namespace: String,
+    name: String,
+}
+
+fn access(verb: &'static str, group: &'static str, resource: &'static str) -> Access {
+    Access {
+        verb,
+        group,
+        resource,
+        namespace: String::new(),
+        name: String::new(),
+    }
+}
+
+impl Access {
+    fn ns(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_owned();
+        self
+    }
+    fn named(mut self, name: &str) -> Self {
+        self.name = name.to_owned();
+        self
+    }
+}
+
+/// Whether the ServiceAccount `namespace/name` may do `access`, with the groups a ServiceAccount token carries.
+async fn allowed(client: &Client, namespace: &str, name: &str, access: &Access) -> bool {
+    let mut attributes =
+        json!({"verb": access.verb, "group": access.group, "resource": access.resource});
+    if !access.namespace.is_empty() {
+        attributes["namespace"] = json!(access.namespace);
+    }
+    if !access.name.is_empty() {
+        attributes["name"] = json!(access.name);
+    }
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": format!("system:serviceaccount:{namespace}:{name}"),
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
+            "resourceAttributes": attributes,
+        }
+    }))
+    .unwrap();
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .expect("SubjectAccessReview")
+        .status
+        .expect("SubjectAccessReview status")
+        .allowed
+}
+
+/// What a release's ServiceAccount must and must not be able to do, given its options.
+struct Expected {
+    needed: Vec<Access>,
+    forbidden: Vec<Access>,
+}
+
+/// The controller's needs (docs/install.md#permissions) for a release in `ns` with Lease `lease`,
+/// pods watched in `watched` (all when None), with or without annotating pods and leader election.
+fn expected(
+    ns: &str,
+    lease: &str,
+    watched: Option<&str>,
+    annotate: bool,
+    leader: bool,
+) -> Expected {
+    let mut needed = vec![
+        access("get", "", "nodes"),
+        access("list", "", "nodes"),
+        access("watch", "", "nodes"),
+        access("patch", "", "nodes").named("win-1"),
+        access("create", "events.k8s.io", "events").ns("shop"),
+        access("create", "events.k8s.io", "events").ns("default"),
+        access("patch", "events.k8s.io", "events")
+            .ns("shop")
+            .named("web-0.1871f"),
+    ];
+    let mut forbidden = vec![
+        access("update", "", "pods").ns("shop").named("web-0"),
+        access("delete", "", "pods").ns("shop").named("web-0"),
+        access("create", "", "pods").ns("shop"),
+        access("delete", "", "nodes").named("win-1"),
+        access("update", "", "nodes").named("win-1"),
+        access("create", "", "nodes"),
+        access("get", "", "secrets").ns(ns),
+        access("list", "", "secrets"),
+        access("get", "", "configmaps").ns("kube-system"),
+        access("create", "", "serviceaccounts").ns(ns),
+        access("create", "", "events").ns("shop"),
+        access("delete", "events.k8s.io", "events").ns("shop"),
+        access("update", "coordination.k8s.io", "leases")
+            .ns(ns)
+            .named("another-lease"),
+        access("delete", "coordination.k8s.io", "leases")
+            .ns(ns)
+            .named(lease),
+        access("create", "coordination.k8s.io", "leases").ns("kube-system"),
+        access("escalate", "rbac.authorization.k8s.io", "clusterroles"),
+        access("bind", "rbac.authorization.k8s.io", "clusterroles"),
+        access("impersonate", "", "serviceaccounts"),
+    ];
+    match watched {
+        None => {
+            needed.extend([
+                access("get", "", "pods").ns("shop"),
+                access("list", "", "pods"),
+                access("watch", "", "pods"),
+                access("list", "", "events"),
+                access("watch", "", "events"),
+            ]);
+            let patch = access("patch", "", "pods").ns("shop").named("web-0");
+            if annotate {
+                needed.push(patch)
+            } else {
+                forbidden.push(patch)
+            }
+        }
+        Some(w) => {
+            needed.extend([
+                access("get", "", "pods").ns(w),
+                access("list", "", "pods").ns(w),
+                access("watch", "", "pods").ns(w),
+                access("list", "", "events").ns(w),
+                access("watch", "", "events").ns(w),
+            ]);
+            forbidden.extend([
+                access("list", "", "pods"),
+                access("list", "", "pods").ns("shop"),
+                access("get", "", "pods").ns("shop"),
+                access("list", "", "events"),
+                access("patch", "", "pods").ns("shop").named("web-0"),
+            ]);
+            let patch = access("patch", "", "pods").ns(w).named("web-0");
+            if annotate {
+                needed.push(patch)
+            } else {
+                forbidden.push(patch)
+            }
+        }
+    }
+    let lease_access = [
+        access("create", "coordination.k8s.io", "leases").ns(ns),
+        access("get", "coordination.k8s.io", "leases")
+            .ns(ns)
+            .named(lease),
+        access("update", "coordination.k8s.io", "leases")
+            .ns(ns)
+            .named(lease),
+    ];
+    if leader {
+        needed.extend(lease_access);
+    } else {
+        forbidden.extend(lease_access);
+    }
+    Expected { needed, forbidden }
+}
+
+async fn wrong_access(client: &Client, ns: &str, sa: &str, expected: &Expected) -> Vec<String> {
+    let mut wrong = Vec::new();
+    for a in &expected.needed {
+        if !allowed(client, ns, sa, a).await {
+            wrong.push(format!("cannot {a:?}"));
+        }
+    }
+    for a in &expected.forbidden {
+        if allowed(client, ns, sa, a).await {
+            wrong.push(format!("can {a:?}"));
+        }
+    }
+    wrong
+}
+
+// ---------------------------------------------------------------- variants on the real API server
+
+/// `kubectl apply --server-side` of a rendered chart: a server-side dry run first, then for real.
+fn apply(yaml: &str) -> Vec<Value> {
+    for extra in [&["--dry-run=server"][..], &[]] {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--field-manager=osbuild-helm-test",
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        args.extend(["-f", "-"]);
+        let out = kubectl_with_stdin(&args, yaml);
+        if extra.is_empty() {
+            let applied: Value = serde_json::from_str(&out).expect("JSON");
+            return match applied["items"].as_array() {
+                Some(items) => items.clone(),
+                None => vec![applied],
+            };
+        }
+    }
+    unreachable!()
+}
+
+fn delete(yaml: &str) {
+    kubectl_with_stdin(
+        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        yaml,
+    );
+}
+
+/// The flags in the args are flags of this binary (`run ARGS --help` fails on an unknown one).
+fn assert_binary_takes(args: &[String]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_osbuild-controller"))
+        .args(args)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "osbuild-controller {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The Prometheus Operator's CRDs, made by tests/helm/crds.sh from the operator's Go types.
+fn ensure_monitoring_crds() {
+    let dir = built_by("tests/helm/crds.sh");
+    let mut yaml = String::new();
+    for name in [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ] {
+        yaml += &std::fs::read_to_string(dir.join(name)).expect("CRD file");
+        yaml += "\n---\n";
+    }
+    kubectl_with_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=osbuild-helm-test",
+            "-f",
+            "-",
+        ],
+        &yaml,
+    );
+    for crd in ["servicemonitors", "prometheusrules"] {
+        kubectl_with_stdin(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.monitoring.coreos.com"),
+            ],
+            "",
+        );
+    }
+}
+
+struct Variant {
+    name: &'static str,
+    sets: Vec<String>,
+}
+
+#[tokio::test]
+async fn every_switch_applies_server_side_and_its_rbac_follows() {
+    ensure_monitoring_crds();
+    let env = TestEnv::new("helm-variants").await;
+    let watched = format!("{}-watched", env.prefix);
+    let variants = [
+        Variant {
+            name: "default",
+            sets: vec![],
+        },
+        Variant {
+            name: "annotate",
+            sets: vec!["controller.annotatePods=true".into()],
+        },
+        Variant {
+            name: "watch",
+            sets: vec![format!(r#"controller.watchNamespace="{watched}""#)],
+        },
+        Variant {
+            name: "single",
+            sets: vec![
+                "replicaCount=1".into(),
+                "leaderElection.enabled=false".into(),
+            ],
+        },
+        Variant {
+            name: "norbac",
+            sets: vec!["rbac.create=false".into()],
+        },
+        Variant {
+            name: "ownsa",
+            sets: vec![
+                "serviceAccount.create=false".into(),
+                r#"serviceAccount.name="default""#.into(),
+            ],
+        },
+        Variant {
+            name: "all",
+            sets: every_switch(&env.namespace, &watched),
+        },
+    ];
+    kubectl_with_stdin(&["create", "namespace", &watched], "");
+
+    for variant in &variants {
+        let release = format!("{}-{}", env.prefix, variant.name);
+        let fullname = format!("{release}-osbuild-controller");
+        let fullname = fullname[..fullname.len().min(63)].trim_end_matches('-');
+        let text = template_text(&release, &env.namespace, &variant.sets);
+        let rendered = parse_yaml(&text);
+        let applied = apply(&text);
+        assert_eq!(
+            applied.iter().map(key).collect::<BTreeSet<_>>(),
+            rendered.iter().map(key).collect::<BTreeSet<_>>(),
+            "{}: everything rendered was applied",
+            variant.name
+        );
+        let args = args_of(&rendered);
+        assert_binary_takes(&args);
+        let sa = match variant.name {
+            "ownsa" => "default".to_owned(),
+            _ => fullname.to_owned(),
+        };
+        let kinds: BTreeSet<&str> = rendered
+            .iter()
+            .map(|o| o["kind"].as_str().unwrap())
+            .collect();
+
+        let (watch, annotate, leader) = match variant.name {
+            "annotate" => (None, true, true),
+            "watch" => (Some(watched.as_str()), false, true),
+            "single" => (None, false, false),
+            "all" => (Some(watched.as_str()), true, true),
+            _ => (None, false, true),
+        };
+        if variant.name == "norbac" {
+            // Nothing granted: every need is refused (the positive control is the default variant).
+            assert!(!kinds.contains("ClusterRole") && !kinds.contains("Role"));
+            let needs = expected(&env.namespace, fullname, None, false, true);
+            for a in &needs.needed {
+                assert!(
+                    !allowed(&env.client, &env.namespace, &sa, a).await,
+                    "norbac can {a:?}"
+                );
+            }
+        } else {
+            let wrong = wrong_access(
+                &env.client,
+                &env.namespace,
+                &sa,
+                &expected(&env.namespace, fullname, watch, annotate, leader),
+            )
+            .await;
+            assert!(
+                wrong.is_empty(),
+                "{}: the ServiceAccount {}",
+                variant.name,
+                wrong.join("; ")
+            );
+        }
+        assert_eq!(args.contains(&"--annotate-pods".to_owned()), annotate);
+        assert_eq!(args.contains(&"--leader-elect".to_owned()), leader);
+        if leader {
+            assert!(
+                args.contains(&format!("--lease-name={fullname}")),
+                "{args:?}"
+            );
+        }
+        if let Some(w) = watch {
+            assert!(args.contains(&format!("--namespace={w}")), "{args:?}");
+        }
+        match variant.name {
+            "single" => assert!(!kinds.contains("Role"), "no Lease Role: {kinds:?}"),
+            "all" => {
+                for kind in ["NetworkPolicy", "ServiceMonitor", "PrometheusRule"] {
+                    assert!(kinds.contains(kind), "{kind} in {kinds:?}");
+                }
+                assert!(!kinds.contains("PodDisruptionBudget"));
+                let pod = &one(&rendered, "Deployment")["spec"]["template"];
+                assert_eq!(pod["metadata"]["labels"]["team"], "platform");
+                assert_eq!(pod["metadata"]["annotations"]["example.com/scrape"], "yes");
+                assert_eq!(
+                    pod["spec"]["containers"][0]["image"],
+                    format!(
+                        "registry.example.com/osbuild-controller@sha256:{}",
+                        "a".repeat(64)
+                    )
+                );
+                assert!(pod["spec"].get("priorityClassName").is_none());
+                assert_eq!(pod["spec"]["tolerations"][0]["key"], "CriticalAddonsOnly");
+                assert!(pod["spec"]["affinity"]["podAntiAffinity"].is_null());
+                for flag in [
+                    "--lease-duration=20s",
+                    "--node-selector=kubernetes.io/os=windows",
+                    "--osbuild-label=example.com/osbuild",
+                    "--label-prefix=osbuild.example.com",
+                    "--force-conflicts",
+                    "--dry-run",
+                    "--resync-interval=5m",
+                    "--concurrency=8",
+                    &format!("--lease-namespace={}", env.namespace),
+                ] {
+                    assert!(args.iter().any(|a| a == flag), "{flag} in {args:?}");
+                }
+                let policy = one(&rendered, "NetworkPolicy");
+                assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress", "Egress"]));
+                assert_eq!(
+                    policy["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"],
+                    "10.0.0.1/32"
+                );
+            }
+            "default" => {
+                assert!(kinds.contains("PodDisruptionBudget"));
+                for kind in ["NetworkPolicy", "ServiceMonitor", "PrometheusRule"] {
+                    assert!(!kinds.contains(kind), "{kind} is off by default");
+                }
+            }
+            _ => {}
+        }
+        delete(&text);
+    }
+    kubectl_with_stdin(&["delete", "namespace", &watched, "--wait=false"], "");
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn bad_values_fail_at_helm_install_and_create_nothing() {
+    let env = TestEnv::new("helm-bad").await;
+    let chart = repo(CHART);
+    let chart = chart.to_str().unwrap();
+    let cases = [
+        ("replicaCount=-1", "/replicaCount"),
+        ("replicaCount=\"two\"", "/replicaCount"),
+        ("image.pullPolicy=\"Sometimes\"", "/image/pullPolicy"),
+        ("image.digest=\"sha256:abc\"", "/image/digest"),
+        ("controller.logFormat=\"xml\"", "/controller/logFormat"),
+        (
+            "controller.resyncInterval=\"0s\"",
+            "/controller/resyncInterval",
+        ),
+        (
+            "controller.watchNamespace=\"Not_A_Namespace\"",
+            "/controller/watchNamespace",
+        ),
+        (
+            "controller.annotatePods=\"yes\"",
+            "/controller/annotatePods",
+        ),
+        (
+            "networkPolicy.apiServer.cidrs=[\"everywhere\"]",
+            "/networkPolicy/apiServer/cidrs",
+        ),
+        ("imagePullSecrets=[\"regcred\"]", "/imagePullSecrets"),
+        ("typo=1", "additional properties 'typo'"),
+        ("placement.enabled=true", "placement is not implemented"),
+        (
+            "leaderElection.enabled=false",
+            "needs leaderElection.enabled",
+        ),
+    ];
+    for (i, (set, expected)) in cases.iter().enumerate() {
+        let release = format!(
+            "bad-{i}-{}",
+            &env.prefix[env.prefix.len().saturating_sub(12)..]
+        );
+        let (ok, _, stderr) = helm_run(&[
+            "install",
+            &release,
+            chart,
+            "--namespace",
+            &env.namespace,
+            "--set-json",
+            set,
+        ]);
+        assert!(!ok, "helm install --set-json {set} must fail");
+        assert!(
+            stderr.contains(expected),
+            "helm install --set-json {set}: the error names {expected:?}:\n{stderr}"
+        );
+        let (_, list, _) = helm_run(&["list", "-a", "-q", "--namespace", &env.namespace]);
+        assert!(!list.contains(&release), "no release record: {list}");
+    }
+    // Nothing was created in the namespace (and the positive control below sees what install creates).
+    let leftover = kubectl_with_stdin(
+        &[
+            "get",
+            "deployments,serviceaccounts,roles,secrets",
+            "-n",
+            &env.namespace,
+            "-o",
+            "name",
+        ],
+        "",
+    );
+    assert_eq!(leftover.trim(), "serviceaccount/default", "{leftover}");
+    env.cleanup().await;
+}
+
+/// Everything of a release's that the API can list: namespaced kinds in `ns`, cluster-scoped kinds, and the
+/// release records, by the chart's instance label or helm's owner label.
+fn release_objects(release: &str, ns: &str) -> Vec<String> {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let mut names = Vec::new();
+    for (kinds, namespaced) in [
+        (
+            "deployments,replicasets,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,leases,configmaps",
+            true,
+        ),
+        ("clusterroles,clusterrolebindings", false),
+    ] {
+        let mut args = vec!["get", kinds, "-l", &selector, "-o", "name"];
+        if namespaced {
+            args.extend(["-A"]);
+        }
+        names.extend(
+            kubectl_with_stdin(&args, "")
+                .lines()
+                .map(str::to_owned)
+                .filter(|l| !l.is_empty()),
+        );
+    }
+    let records = format!("owner=helm,name={release}");
+    names.extend(
+        kubectl_with_stdin(
+            &["get", "secrets", "-n", ns, "-l", &records, "-o", "name"],
+            "",
+        )
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.is_empty()),
+    );
+    names
+}
+
+#[tokio::test]
+async fn helm_install_runs_upgrade_changes_rbac_and_args_uninstall_leaves_nothing() {
+    let env = TestEnv::new("helm-install").await;
+    let chart = repo(CHART);
+    let chart = chart.to_str().unwrap();
+    let release = env.prefix.clone();
+    let ns = format!("{}-sys", env.prefix);
+    let fullname = format!("{release}-osbuild-controller");
+
+    helm_ok(&[
+        "install",
+        &release,
+        chart,
+        "--namespace",
+        &ns,
+        "--create-namespace",
+    ]);
+    let status: Value = serde_json::from_str(&helm_ok(&[
+        "status",
+        &release,
+        "--namespace",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(status["info"]["status"], "deployed");
+    assert_eq!(status["version"], 1);
+    let notes = status["info"]["notes"].as_str().unwrap_or_default();
+    assert!(
+        notes.contains(&format!("rollout status deploy/{fullname}")),
+        "{notes}"
+    );
+    let installed = release_objects(&release, &ns);
+    for expected in [
+        format!("deployment.apps/{fullname}"),
+        format!("serviceaccount/{fullname}"),
+        format!("clusterrole.rbac.authorization.k8s.io/{fullname}"),
+        format!("clusterrolebinding.rbac.authorization.k8s.io/{fullname}"),
+        format!("role.rbac.authorization.k8s.io/{fullname}-leader-election"),
+        format!("poddisruptionbudget.policy/{fullname}"),
+        format!("service/{fullname}"),
+    ] {
+        assert!(installed.contains(&expected), "{expected} in {installed:?}");
+    }
+
+    // The controller, with the chart's ServiceAccount and the Deployment's args, does its job: it leads on
+    // the Lease the Role grants and labels a Windows node. (No kubelet runs pods here: the binary runs as a
+    // process with the pod's identity.)
+    let kubeconfig = std::env::temp_dir().join(format!("{release}.kubeconfig"));
+    support::token_kubeconfig(
+        &env.client,
+        support::kubeconfig(),
+        &ns,
+        &fullname,
+        &kubeconfig,
+    )
+    .await;
+    let deployment: Value = serde_json::from_str(&kubectl_with_stdin(
+        &["get", "deployment", &fullname, "-n", &ns, "-o", "json"],
+        "",
+    ))
+    .unwrap();
+    let args: Vec<String> = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(args[0], "run");
+    let mut flags: Vec<&str> = args[1..].iter().map(String::as_str).collect();
+    flags.extend(["--lease-namespace", &ns, "--lease-duration", "5s"]);
+    let windows = env.create_windows_node("ws2022", "10.0.20348.2227").await;
+    let controller = Controller::spawn_with_kubeconfig(&env, &kubeconfig, &flags);
+    controller.wait_ready().await;
+    eventually(
+        "the chart's controller labels the node",
+        TIMEOUT,
+        || async {
+            (env.labels(&windows)
+                .await
+                .get("beta.kubernetes.io/osbuild")
+                .map(String::as_str)
+                == Some("20348"))
+            .then_some(())
+        },
+    )
+    .await;
+    let lease = kubectl_with_stdin(
+        &[
+            "get",
+            "lease",
+            &fullname,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        "",
+    );
+    assert!(
+        !lease.is_empty(),
+        "the Lease named after the release has a holder"
+    );
+    let (_, body) = controller.get("/metrics").await;
+    assert!(
+        !body.contains("osbuild_watch_errors_total")
+            && !body.contains("osbuild_reconcile_errors_total"),
+        "{body}\n{}",
+        controller.log()
+    );
+    drop(controller);
+
+    // Upgrade: annotatePods on, with its permission, in one step.
+    let patch_pods = access("patch", "", "pods").ns("shop").named("web-0");
+    assert!(!allowed(&env.client, &ns, &fullname, &patch_pods).await);
+    helm_ok(&[
+        "upgrade",
+        &release,
+        chart,
+        "--namespace",
+        &ns,
+        "--reuse-values",
+        "--set",
+        "controller.annotatePods=true",
+    ]);
+    let status: Value = serde_json::from_str(&helm_ok(&[
+        "status",
+        &release,
+        "--namespace",
+        &ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(status["version"], 2);
+    assert!(allowed(&env.client, &ns, &fullname, &patch_pods).await);
+    let args = kubectl_with_stdin(
+        &[
+            "get",
+            "deployment",
+            &fullname,
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].args}",
+        ],
+        "",
+    );
+    assert!(args.contains("--annotate-pods"), "{args}");
+
+    // Uninstall: none of the chart's objects and no release record stay (the Lease the controller made is
+    // not the chart's; it goes with the namespace). The positive control is `installed` above.
+    helm_ok(&["uninstall", &release, "--namespace", &ns, "--wait"]);
+    let left = release_objects(&release, &ns);
+    assert!(left.is_empty(), "left after helm uninstall: {left:?}");
+    let (_, list, _) = helm_run(&["list", "-a", "-q", "--namespace", &ns]);
+    assert!(list.trim().is_empty(), "{list}");
+    // Node labels stay on purpose (docs/install.md#uninstalling).
+    assert_eq!(
+        env.labels(&windows)
+            .await
+            .get("beta.kubernetes.io/osbuild")
+            .map(String::as_str),
+        Some("20348")
+    );
+    kubectl_with_stdin(&["delete", "namespace", &ns, "--wait=false"], "");
+    let _ = std::fs::remove_file(&kubeconfig);
+    env.cleanup().await;
+}
+
+#[test]
+fn the_chart_ships_this_version_of_the_controller() {
+    let chart: Value = serde_norway::from_str(
+        &std::fs::read_to_string(repo(&format!("{CHART}/Chart.yaml"))).unwrap(),
+    )
+    .expect("Chart.yaml");
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(
+        chart["appVersion"], version,
+        "appVersion is the crate's version"
+    );
+    let images: Value = serde_norway::from_str(
+        chart["annotations"]["artifacthub.io/images"]
+            .as_str()
+            .expect("artifacthub.io/images"),
+    )
+    .unwrap();
+    assert_eq!(
+        images[0]["image"],
+        format!("ghcr.io/osbuild-controller/osbuild-controller:{version}")
+    );
+    for key in [
+        "artifacthub.io/license",
+        "artifacthub.io/links",
+        "artifacthub.io/changes",
+        "artifacthub.io/category",
+    ] {
+        assert!(chart["annotations"][key].is_string(), "{key}");
+    }
+    assert_eq!(chart["annotations"]["artifacthub.io/license"], "Apache-2.0");
+}
