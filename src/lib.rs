@@ -10,6 +10,7 @@ pub mod events;
 pub mod health;
 pub mod image_command;
 pub mod index;
+pub mod leadership;
 pub mod lease;
 pub mod metrics;
 pub mod node_info;

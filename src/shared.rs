@@ -14,7 +14,7 @@ use crate::core::labels::LabelKeys;
 use crate::events::{api_error_category, truncate_note};
 use crate::health::Health;
 use crate::index::NodesSynced;
-use crate::lease::Leadership;
+use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_info::{NodeFacts, node_facts};
 

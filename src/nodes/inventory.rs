@@ -11,7 +11,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use crate::core::labels::LabelKeys;
-use crate::lease::Leadership;
+use crate::leadership::Leadership;
 use crate::metrics::ComputedGauge;
 
 use super::plan::{NodeState, plan};
