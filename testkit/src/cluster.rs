@@ -43,17 +43,21 @@ pub fn kubeconfig() -> &'static Path {
             .stderr(Stdio::inherit())
             .output()
             .unwrap_or_else(|e| panic!("cannot run scripts/control-plane up: {e}"));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().last().unwrap_or_default();
-        match line.strip_prefix("KUBECONFIG=") {
-            Some(path) if output.status.success() => PathBuf::from(path),
-            _ => panic!(
-                "the control plane did not start (scripts/control-plane up exited {:?}; last line {line:?}); \
-                 integration tests need it and never skip",
+        kubeconfig_from_up(&output).unwrap_or_else(|| {
+            panic!(
+                "the control plane did not start (scripts/control-plane up exited {:?}); integration tests \
+                 need it and never skip",
                 output.status.code()
-            ),
-        }
+            )
+        })
     })
+}
+
+/// The kubeconfig `scripts/control-plane up` names on its last line (`KUBECONFIG=<path>`) when it succeeded.
+pub fn kubeconfig_from_up(output: &std::process::Output) -> Option<PathBuf> {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let path = stdout.lines().last()?.strip_prefix("KUBECONFIG=")?;
+    output.status.success().then(|| PathBuf::from(path))
 }
 
 /// Writes to `path` a kubeconfig for the control plane of `admin_kubeconfig` that authenticates as the

@@ -12,7 +12,7 @@ use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::cluster::{client_from, repo_root, token_kubeconfig};
+use crate::cluster::{client_from, kubeconfig_from_up, repo_root, token_kubeconfig};
 use crate::env::{TestEnv, unique_prefix};
 use crate::process::free_ports;
 
@@ -56,15 +56,13 @@ impl ControlPlane {
         .await
         .expect("join")
         .unwrap_or_else(|e| panic!("cannot run scripts/control-plane up: {e}"));
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let line = stdout.lines().last().unwrap_or_default();
-        match line.strip_prefix("KUBECONFIG=") {
-            Some(path) if output.status.success() => Self {
+        match kubeconfig_from_up(&output) {
+            Some(kubeconfig) => Self {
                 dir,
-                kubeconfig: PathBuf::from(path),
+                kubeconfig,
                 apiserver_port: ports[0],
             },
-            _ => panic!(
+            None => panic!(
                 "the dedicated control plane in {} did not start ({:?}):\n{}",
                 dir.display(),
                 output.status.code(),
