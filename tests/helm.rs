@@ -22,12 +22,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use k8s_openapi::api::authorization::v1::SubjectAccessReview;
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Controller, TIMEOUT, TestEnv, eventually, kubectl_with_stdin};
+use support::{Access, Controller, TestEnv, access, allowed, kubectl_with_stdin};
 
 const CHART: &str = "charts/osbuild-controller";
 
@@ -331,77 +329,21 @@ fn every_switch(namespace: &str, watched: &str) -> Vec<String> {
 
 /// One access to ask a SubjectAccessReview about.
 #[derive(Clone, Debug)]
-struct Access {
-    verb: &'static str,
-    group: &'static str,
-    resource: &'static str,
-    namespace: String,
-    name: String,
-}
-
-fn access(verb: &'static str, group: &'static str, resource: &'static str) -> Access {
-    Access {
-        verb,
-        group,
-        resource,
-        namespace: String::new(),
-        name: String::new(),
-    }
-}
-
-impl Access {
-    fn ns(mut self, namespace: &str) -> Self {
-        self.namespace = namespace.to_owned();
-        self
-    }
-    fn named(mut self, name: &str) -> Self {
-        self.name = name.to_owned();
-        self
-    }
-}
-
-/// Whether the ServiceAccount `namespace/name` may do `access`, with the groups a ServiceAccount token carries.
-async fn allowed(client: &Client, namespace: &str, name: &str, access: &Access) -> bool {
-    let mut attributes =
-        json!({"verb": access.verb, "group": access.group, "resource": access.resource});
-    if !access.namespace.is_empty() {
-        attributes["namespace"] = json!(access.namespace);
-    }
-    if !access.name.is_empty() {
-        attributes["name"] = json!(access.name);
-    }
-    let review: SubjectAccessReview = serde_json::from_value(json!({
-        "spec": {
-            "user": format!("system:serviceaccount:{namespace}:{name}"),
-            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
-            "resourceAttributes": attributes,
-        }
-    }))
-    .unwrap();
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .expect("SubjectAccessReview status")
-        .allowed
-}
-
 /// What a release's ServiceAccount must and must not be able to do, given its options.
-struct Expected {
-    needed: Vec<Access>,
-    forbidden: Vec<Access>,
+struct Expected<'a> {
+    needed: Vec<Access<'a>>,
+    forbidden: Vec<Access<'a>>,
 }
 
 /// The controller's needs (docs/install.md#permissions) for a release in `ns` with Lease `lease`,
 /// pods watched in `watched` (all when None), with or without annotating pods and leader election.
-fn expected(
-    ns: &str,
-    lease: &str,
-    watched: Option<&str>,
+fn expected<'a>(
+    ns: &'a str,
+    lease: &'a str,
+    watched: Option<&'a str>,
     annotate: bool,
     leader: bool,
-) -> Expected {
+) -> Expected<'a> {
     let mut needed = vec![
         access("get", "", "nodes"),
         access("list", "", "nodes"),
@@ -493,11 +435,11 @@ fn expected(
     Expected { needed, forbidden }
 }
 
-async fn wrong_access(client: &Client, ns: &str, sa: &str, expected: &Expected) -> Vec<String> {
+async fn wrong_access(client: &Client, ns: &str, sa: &str, expected: &Expected<'_>) -> Vec<String> {
     let mut wrong = Vec::new();
     for a in &expected.needed {
         if !allowed(client, ns, sa, a).await {
-            wrong.push(format!("cannot {a:?}"));
+            wrong.push(format!("cannot {}", a.describe()));
         }
     }
     for a in &expected.forbidden {
@@ -943,19 +885,9 @@ async fn helm_install_runs_upgrade_changes_rbac_and_args_uninstall_leaves_nothin
     let windows = env.create_windows_node("ws2022", "10.0.20348.2227").await;
     let controller = Controller::spawn_with_kubeconfig(&env, &kubeconfig, &flags);
     controller.wait_ready().await;
-    eventually(
-        "the chart's controller labels the node",
-        TIMEOUT,
-        || async {
-            (env.labels(&windows)
-                .await
-                .get("beta.kubernetes.io/osbuild")
-                .map(String::as_str)
-                == Some("20348"))
-            .then_some(())
-        },
-    )
-    .await;
+    // the chart's controller labels the node
+    env.wait_label(&windows, "beta.kubernetes.io/osbuild", "20348")
+        .await;
     let lease = kubectl_with_stdin(
         &[
             "get",

@@ -383,19 +383,9 @@ async fn runs_locked_down(arch: &str) {
     })
     .await;
     assert!(ready.contains("[+] watch nodes: ok"), "{ready}");
-    eventually(
-        "the node is labelled from the container",
-        TIMEOUT,
-        || async {
-            (env.labels(&windows)
-                .await
-                .get("beta.kubernetes.io/osbuild")
-                .map(String::as_str)
-                == Some("20348"))
-            .then_some(())
-        },
-    )
-    .await;
+    // the node is labelled from the container
+    env.wait_label(&windows, "beta.kubernetes.io/osbuild", "20348")
+        .await;
     let (_, metrics) = http_get(&addr, "/metrics").await.expect("metrics");
     assert!(
         !metrics.contains("osbuild_reconcile_errors_total"),

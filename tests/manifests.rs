@@ -16,7 +16,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::events::v1::Event;
@@ -26,7 +25,10 @@ use kube::api::PostParams;
 use kube::{Api, Client, ResourceExt};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Controller, EventQuery, TIMEOUT, TestEnv, eventually, kubectl_with_stdin};
+use support::{
+    Access, Controller, EventQuery, TIMEOUT, TestEnv, access, allowed, eventually,
+    kubectl_with_stdin,
+};
 
 /// Namespace and ServiceAccount of the base manifests.
 const NS: &str = "osbuild-controller";
@@ -86,89 +88,6 @@ async fn service_account_kubeconfig(
     let path = std::env::temp_dir().join(format!("{tag}-{namespace}-{name}.kubeconfig"));
     support::token_kubeconfig(client, support::kubeconfig(), namespace, name, &path).await;
     path
-}
-
-/// One access to ask a SubjectAccessReview about: `verb resource[.group][/subresource] [-n ns] [name]`.
-struct Access<'a> {
-    verb: &'a str,
-    group: &'a str,
-    resource: &'a str,
-    subresource: &'a str,
-    namespace: &'a str,
-    name: &'a str,
-}
-
-const fn access<'a>(verb: &'a str, group: &'a str, resource: &'a str) -> Access<'a> {
-    Access {
-        verb,
-        group,
-        resource,
-        subresource: "",
-        namespace: "",
-        name: "",
-    }
-}
-
-impl<'a> Access<'a> {
-    const fn sub(mut self, subresource: &'a str) -> Self {
-        self.subresource = subresource;
-        self
-    }
-    const fn ns(mut self, namespace: &'a str) -> Self {
-        self.namespace = namespace;
-        self
-    }
-    const fn named(mut self, name: &'a str) -> Self {
-        self.name = name;
-        self
-    }
-    fn describe(&self) -> String {
-        let mut s = format!("{} {}", self.verb, self.resource);
-        if !self.group.is_empty() {
-            s += &format!(".{}", self.group);
-        }
-        if !self.subresource.is_empty() {
-            s += &format!("/{}", self.subresource);
-        }
-        if !self.name.is_empty() {
-            s += &format!(" {}", self.name);
-        }
-        if !self.namespace.is_empty() {
-            s += &format!(" -n {}", self.namespace);
-        }
-        s
-    }
-}
-
-/// Whether the ServiceAccount `namespace/name` may do `access`, by a SubjectAccessReview with the groups a
-/// ServiceAccount token carries.
-async fn allowed(client: &Client, namespace: &str, name: &str, access: &Access<'_>) -> bool {
-    let mut attributes =
-        json!({"verb": access.verb, "group": access.group, "resource": access.resource});
-    for (key, value) in [
-        ("subresource", access.subresource),
-        ("namespace", access.namespace),
-        ("name", access.name),
-    ] {
-        if !value.is_empty() {
-            attributes[key] = json!(value);
-        }
-    }
-    let review: SubjectAccessReview = serde_json::from_value(json!({
-        "spec": {
-            "user": format!("system:serviceaccount:{namespace}:{name}"),
-            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{namespace}"), "system:authenticated"],
-            "resourceAttributes": attributes,
-        }
-    }))
-    .unwrap();
-    Api::<SubjectAccessReview>::all(client.clone())
-        .create(&PostParams::default(), &review)
-        .await
-        .expect("SubjectAccessReview")
-        .status
-        .expect("SubjectAccessReview status")
-        .allowed
 }
 
 /// Everything the controller does, as the API server sees it (docs/install.md#permissions).

@@ -168,6 +168,18 @@ impl TestEnv {
         self.node(name).await.metadata.labels.unwrap_or_default()
     }
 
+    /// Waits until node `name` carries label `key` = `value` (fails the test after [`TIMEOUT`]).
+    pub async fn wait_label(&self, name: &str, key: &str, value: &str) {
+        crate::wait::eventually(
+            &format!("{name}: {key}={value}"),
+            crate::wait::TIMEOUT,
+            || async {
+                (self.labels(name).await.get(key).map(String::as_str) == Some(value)).then_some(())
+            },
+        )
+        .await;
+    }
+
     /// Sets a pod's status through the status subresource, as the kubelet does.
     pub async fn set_pod_status(&self, name: &str, status: serde_json::Value) {
         self.pods()

@@ -21,6 +21,7 @@ pub mod events;
 pub mod faults;
 pub mod metrics;
 pub mod process;
+pub mod rbac;
 pub mod wait;
 
 pub use cluster::{
@@ -34,4 +35,5 @@ pub use metrics::Scrape;
 pub use process::{
     Controller, controller_binary, free_port, free_ports, http_get, read_log, signal,
 };
+pub use rbac::{Access, access, allowed};
 pub use wait::{TIMEOUT, consistently, eventually};
