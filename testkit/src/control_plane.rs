@@ -6,13 +6,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::PostParams;
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::cluster::{client_from, kubeconfig_from_up, repo_root, token_kubeconfig};
+use crate::cluster::{client_from, kubeconfig_from_up, repo_root};
 use crate::env::{TestEnv, unique_prefix};
 use crate::process::free_ports;
 
@@ -146,13 +145,6 @@ impl ControlPlane {
     /// and a kubeconfig that authenticates as it with a token from the TokenRequest API.
     pub async fn service_account_kubeconfig(&self, env: &TestEnv, name: &str) -> PathBuf {
         let client = &env.client;
-        let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &env.namespace);
-        let sa: ServiceAccount =
-            serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-        accounts
-            .create(&PostParams::default(), &sa)
-            .await
-            .expect("create service account");
         let role = format!("{}-{name}", env.prefix);
         let cluster_role: ClusterRole = serde_json::from_value(json!({
             "metadata": {"name": role},
@@ -176,9 +168,8 @@ impl ControlPlane {
             .create(&PostParams::default(), &binding)
             .await
             .expect("create cluster role binding");
-        let path = self.dir.join(format!("{name}.kubeconfig"));
-        token_kubeconfig(client, &self.kubeconfig, &env.namespace, name, &path).await;
-        path
+        env.service_account_kubeconfig_on(&self.kubeconfig, name)
+            .await
     }
 }
 

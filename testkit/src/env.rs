@@ -195,6 +195,15 @@ impl TestEnv {
     /// Creates a ServiceAccount in the test namespace and writes a kubeconfig that authenticates as it with a
     /// token from the TokenRequest API: the identity the controller has in a cluster.
     pub async fn service_account_kubeconfig(&self, name: &str) -> PathBuf {
+        self.service_account_kubeconfig_on(kubeconfig(), name).await
+    }
+
+    /// The same on the control plane whose admin kubeconfig is `admin` (a test's own `ControlPlane`).
+    pub async fn service_account_kubeconfig_on(
+        &self,
+        admin: &std::path::Path,
+        name: &str,
+    ) -> PathBuf {
         let accounts: Api<ServiceAccount> = Api::namespaced(self.client.clone(), &self.namespace);
         let sa: ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
@@ -203,7 +212,7 @@ impl TestEnv {
             .await
             .expect("create service account");
         let path = std::env::temp_dir().join(format!("{}-{name}.kubeconfig", self.prefix));
-        token_kubeconfig(&self.client, kubeconfig(), &self.namespace, name, &path).await;
+        token_kubeconfig(&self.client, admin, &self.namespace, name, &path).await;
         path
     }
 
