@@ -71,8 +71,9 @@ async fn readyz(controller: &Controller) -> (u16, String) {
         .unwrap_or((0, String::new()))
 }
 
+/// The sum over the series of `name` that carry `labels` (0 when there is none).
 async fn metric(controller: &Controller, name: &str, labels: &[(&str, &str)]) -> f64 {
-    controller.metric(name, labels).await.unwrap_or(0.0)
+    controller.scrape().await.sum(name, labels)
 }
 
 /// Waits until the controller reports its node watch failing: /readyz 503 naming it, osbuild_watch_up 0
