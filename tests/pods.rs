@@ -429,3 +429,109 @@ async fn namespace_flag_limits_the_watch() {
     watched.cleanup().await;
     env.cleanup().await;
 }
+
+/// The mismatch before a container exists (DOMAIN.md §4): Docker's pull error in `ErrImagePull`, then
+/// `ImagePullBackOff` (which carries only "Back-off pulling image"): one episode, one Event, the gauge; its
+/// own variant in the annotation. Docker's version check is flagged the same way, and the sandbox's pause
+/// image failing to pull in a `FailedCreatePodSandBox` Event flags the sandbox. Messages: tests/data.
+#[tokio::test]
+async fn pull_time_forms_are_flagged_once_per_episode() {
+    let env = TestEnv::new("pods-pull").await;
+    let node = env.create_windows_node("ws2019", "10.0.17763.3887").await;
+    let controller = Controller::start(&env, &["--annotate-pods"]).await;
+    let image = "mcr.microsoft.com/windows/servercore:ltsc2022";
+    let pull_error = real_message(Some("pull-no-matching-manifest"), "");
+
+    create_pod(&env, "pull", &node, image, false).await;
+    env.set_pod_status(
+        "pull",
+        json!({"phase": "Pending", "containerStatuses": [waiting("app", image, "ErrImagePull", &pull_error, 0)]}),
+    )
+    .await;
+    let event = wait_flagged(&env, &controller, "pull", "app").await;
+    let note = event.note.unwrap_or_default();
+    assert!(note.contains("cannot be pulled for node"), "{note}");
+    assert!(note.contains("process-isolation-20348"), "{note}");
+    let annotation = eventually("the annotation names the variant", TIMEOUT, || async {
+        let pod = env.pods().get("pull").await.ok()?;
+        pod.annotations()
+            .get("osbuild-controller.io/os-mismatch")
+            .cloned()
+    })
+    .await;
+    let findings: Value = serde_json::from_str(&annotation).unwrap();
+    assert_eq!(findings[0]["variant"], "pull-no-matching-manifest");
+    // The kubelet backs off and retries the pull: still the same episode.
+    for round in 0..3 {
+        let back_off = format!("Back-off pulling image \"{image}\"");
+        env.set_pod_status(
+            "pull",
+            json!({"phase": "Pending", "containerStatuses": [waiting("app", image, "ImagePullBackOff", &back_off, 0)]}),
+        )
+        .await;
+        env.set_pod_status(
+            "pull",
+            json!({"phase": "Pending", "containerStatuses": [waiting("app", image, "ErrImagePull", &format!("{pull_error} ({round})"), 0)]}),
+        )
+        .await;
+    }
+    consistently(
+        "one Event and the gauge through the back-off",
+        Duration::from_secs(2),
+        || async { mismatch_events(&env, "pull").await.len() == 1 },
+    )
+    .await;
+    assert_eq!(gauge(&controller, &env, "pull").await, Some(1.0));
+    assert_eq!(
+        controller
+            .metric(
+                "osbuild_pod_os_mismatch_detections_total",
+                &[("namespace", &env.namespace)]
+            )
+            .await,
+        Some(1.0)
+    );
+
+    // Docker's version check.
+    let version_check = real_message(Some("docker-version-check"), "");
+    create_pod(&env, "check", &node, image, false).await;
+    env.set_pod_status(
+        "check",
+        json!({"phase": "Pending", "containerStatuses": [waiting("app", image, "ErrImagePull", &version_check, 0)]}),
+    )
+    .await;
+    wait_flagged(&env, &controller, "check", "app").await;
+
+    // The sandbox's pause image cannot be pulled.
+    let sandbox = create_pod(&env, "pause", &node, image, false).await;
+    let message = format!(
+        "Failed to create pod sandbox: rpc error: code = Unknown desc = failed pulling image \"mcr.microsoft.com/oss/kubernetes/pause:3.9\": Error response from daemon: {pull_error}"
+    );
+    let event: CoreEvent = serde_json::from_value(json!({
+        "metadata": {"name": "pause.1"},
+        "involvedObject": {"kind": "Pod", "name": "pause", "namespace": env.namespace, "uid": sandbox.uid(), "apiVersion": "v1"},
+        "reason": "FailedCreatePodSandBox", "message": message, "type": "Warning",
+        "source": {"component": "kubelet", "host": node}
+    }))
+    .unwrap();
+    Api::<CoreEvent>::namespaced(env.client.clone(), &env.namespace)
+        .create(&PostParams::default(), &event)
+        .await
+        .unwrap();
+    wait_flagged(&env, &controller, "pause", "(sandbox)").await;
+
+    // The pull works (the pod was moved to a host that runs the image): the episode ends.
+    env.set_pod_status(
+        "pull",
+        json!({"phase": "Running", "containerStatuses": [running("app", image)]}),
+    )
+    .await;
+    eventually("gauge cleared", TIMEOUT, || async {
+        gauge(&controller, &env, "pull")
+            .await
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    env.cleanup().await;
+}

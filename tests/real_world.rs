@@ -138,7 +138,13 @@ fn real_messages_cover_mismatches_and_look_alikes() {
         mismatches >= 10 && look_alikes >= 10,
         "{mismatches} mismatches, {look_alikes} look-alikes"
     );
-    for variant in ["hcs-0xc0370101", "hcsshim", "containerd"] {
+    for variant in [
+        "hcs-0xc0370101",
+        "hcsshim",
+        "containerd",
+        "pull-no-matching-manifest",
+        "docker-version-check",
+    ] {
         assert!(
             cases.iter().any(|c| c.variant.as_deref() == Some(variant)),
             "no real {variant} message"

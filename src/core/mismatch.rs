@@ -3,8 +3,13 @@
 //! The failure reaches Kubernetes in several wordings, depending on the runtime and its era, and the text
 //! arrives line-wrapped (sometimes mid-word), truncated, quoted inside JSON or behind kubelet prefixes. We
 //! therefore compare a folded form of the message: lowercase, with every whitespace, quote and backslash
-//! escape removed, against the folded key phrases. Look-alikes (other HCS codes, pull-time platform errors)
-//! share words but never these phrases.
+//! escape removed, against the folded key phrases. Look-alikes (other HCS codes, network and registry
+//! errors) share words but never these phrases.
+//!
+//! The same root cause also shows before a container exists (DOMAIN.md §4): at pull time, an image index
+//! with no entry the host's build can run, and Docker's own version check. Those are variants of their own.
+//! containerd's pull-time `no match for platform in manifest` names no OS or version (a Linux-only image
+//! on a Windows node says the same), so it is not classified here: see [`is_ambiguous_platform_error`].
 
 use std::fmt;
 
@@ -23,6 +28,15 @@ pub enum Variant {
     /// task: hcs::CreateComputeSystem …".
     #[serde(rename = "containerd")]
     Containerd,
+    /// Pull time: "no matching manifest for windows/amd64 10.0.17763 in the manifest list entries" (Docker;
+    /// also the sandbox's pause image inside "failed pulling image ..."): the image index has no entry this
+    /// host's build can run. The pod shows `ErrImagePull`, then `ImagePullBackOff`.
+    #[serde(rename = "pull-no-matching-manifest")]
+    PullNoMatchingManifest,
+    /// Docker's version check: "a Windows version 10.0.20348-based image is incompatible with a 10.0.17763
+    /// host".
+    #[serde(rename = "docker-version-check")]
+    DockerVersionCheck,
 }
 
 impl Variant {
@@ -31,7 +45,18 @@ impl Variant {
             Variant::Hcs0xc0370101 => "hcs-0xc0370101",
             Variant::Hcsshim => "hcsshim",
             Variant::Containerd => "containerd",
+            Variant::PullNoMatchingManifest => "pull-no-matching-manifest",
+            Variant::DockerVersionCheck => "docker-version-check",
         }
+    }
+
+    /// Whether the failure happens before a container exists (the image cannot even be pulled or created):
+    /// the pod then shows `ErrImagePull`/`ImagePullBackOff` rather than a crash loop.
+    pub fn is_pull_time(self) -> bool {
+        matches!(
+            self,
+            Variant::PullNoMatchingManifest | Variant::DockerVersionCheck
+        )
     }
 }
 
@@ -72,6 +97,14 @@ const STATUS_CODES: [&str; 2] = ["0xc0370101", "0x80370101"];
 /// "failed to create shim"). Not `hcs::CreateComputeSystem`: Docker prints that prefix too.
 const CONTAINERD_MARKERS: [&str; 2] = ["containerd", "failedtocreateshim"];
 
+/// Docker's pull-time platform error for a Windows host. Only `windows/` hosts: the same words for a Linux
+/// host are another failure.
+const NO_MATCHING_MANIFEST_PHRASE: &str = "nomatchingmanifestforwindows/";
+/// Docker's version check, both halves: "a Windows version X-based image is incompatible with a Y host".
+const VERSION_CHECK_PHRASES: [&str; 2] = ["awindowsversion", "-basedimageisincompatiblewitha"];
+/// containerd's pull-time platform error: names no OS, so it is ambiguous on its own.
+const AMBIGUOUS_PLATFORM_PHRASE: &str = "nomatchforplatforminmanifest";
+
 /// Messages longer than this are cut before folding; the key phrases sit near the start of real messages,
 /// ahead of the long JSON "extra info" tails.
 const MAX_SCANNED_BYTES: usize = 64 * 1024;
@@ -88,7 +121,20 @@ pub fn classify(message: &str) -> Classification {
     if folded.contains(LEGACY_PHRASE) || STATUS_CODES.iter().any(|c| folded.contains(c)) {
         return Classification::found(Variant::Hcs0xc0370101);
     }
+    if folded.contains(NO_MATCHING_MANIFEST_PHRASE) {
+        return Classification::found(Variant::PullNoMatchingManifest);
+    }
+    if VERSION_CHECK_PHRASES.iter().all(|p| folded.contains(p)) {
+        return Classification::found(Variant::DockerVersionCheck);
+    }
     Classification::NONE
+}
+
+/// containerd's `no match for platform in manifest`: the mismatch only if the image has Windows entries,
+/// none of which the host runs; a Linux-only image says the same. The caller decides with the image's
+/// platforms from its registry.
+pub fn is_ambiguous_platform_error(message: &str) -> bool {
+    fold(message).contains(AMBIGUOUS_PLATFORM_PHRASE)
 }
 
 /// Lowercases and drops whitespace, quotes, backslashes and the letter of backslash escapes (`\n`, `\t`,
@@ -161,13 +207,34 @@ mod tests {
     }
 
     #[test]
+    fn pull_time_forms_are_variants_of_their_own() {
+        let pull = "Failed to pull image \"mcr.microsoft.com/windows/servercore:ltsc2022\": rpc error: code = Unknown desc = Error response from daemon: no matching manifest for windows/amd64 10.0.17763 in the manifest list entries";
+        assert_eq!(
+            classify(pull).variant,
+            Some(Variant::PullNoMatchingManifest)
+        );
+        let check =
+            "a Windows version 10.0.20348-based image is incompatible with a 10.0.17763 host";
+        assert_eq!(classify(check).variant, Some(Variant::DockerVersionCheck));
+        assert!(
+            Variant::PullNoMatchingManifest.is_pull_time() && !Variant::Containerd.is_pull_time()
+        );
+        let ambiguous =
+            "failed to pull and unpack image \"x\": no match for platform in manifest: not found";
+        assert_eq!(classify(ambiguous), Classification::NONE, "ambiguous alone");
+        assert!(is_ambiguous_platform_error(ambiguous));
+        assert!(!is_ambiguous_platform_error(pull));
+    }
+
+    #[test]
     fn look_alikes_are_not_mismatches() {
         for message in [
             "",
             "The operating system of the container",
             "failure in a Windows system call: The virtual machine or container exited unexpectedly. (0xc0370106)",
-            "no matching manifest for windows/amd64 10.0.17763 in the manifest list entries",
-            "a Windows version 10.0.20348-based image is incompatible with a 10.0.17763 host",
+            "no matching manifest for linux/arm64/v8 in the manifest list entries",
+            "a Windows version 10.0.20348-based",
+            "no match for platform in manifest: not found",
             "The container operating system matches the host operating system.",
         ] {
             assert_eq!(classify(message), Classification::NONE, "{message}");

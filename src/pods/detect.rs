@@ -70,6 +70,33 @@ fn failure_of(cs: &ContainerStatus) -> Option<Variant> {
         .find_map(|message| classify(message).variant)
 }
 
+/// The kubelet's waiting reasons while an image cannot be pulled. Only `ErrImagePull` carries the runtime's
+/// message; `ImagePullBackOff` says "Back-off pulling image", so a pull-time episode lasts through it.
+const PULL_WAITING_REASONS: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
+
+/// Containers still waiting for their image (pulling failed and is retried): a pull-time episode of
+/// theirs is not over, whatever the current message says.
+pub fn pulls_failing(pod: &Pod) -> Vec<String> {
+    let Some(status) = pod.status.as_ref() else {
+        return Vec::new();
+    };
+    status
+        .init_container_statuses
+        .iter()
+        .flatten()
+        .chain(status.container_statuses.iter().flatten())
+        .filter(|cs| {
+            let reason = cs
+                .state
+                .as_ref()
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref());
+            reason.is_some_and(|r| PULL_WAITING_REASONS.contains(&r))
+        })
+        .map(|cs| cs.name.clone())
+        .collect()
+}
+
 /// The image as the user wrote it in the spec (the status may show a resolved digest).
 fn spec_image(pod: &Pod, container: &str) -> Option<String> {
     let spec = pod.spec.as_ref()?;

@@ -15,8 +15,10 @@ use kube::ResourceExt;
 use crate::core::labels::LabelKeys;
 use crate::node_info::NodeFacts;
 
+use crate::core::mismatch::Variant;
+
 use super::detect::{
-    Failure, SANDBOX, SandboxFailure, active_failures, main_image, sandbox_recovered,
+    Failure, SANDBOX, SandboxFailure, active_failures, main_image, pulls_failing, sandbox_recovered,
 };
 use super::remedy::{annotation_value, finding_message};
 
@@ -43,6 +45,7 @@ impl PodRef {
 pub struct Flag {
     pub pod: PodRef,
     pub container: String,
+    pub variant: Variant,
     pub node: String,
     pub osbuild: String,
     pub finding: serde_json::Value,
@@ -143,19 +146,28 @@ impl Episodes {
             Some(_) if !terminating => active_failures(pod),
             _ => Vec::new(),
         };
+        let still_pulling = if terminating {
+            Vec::new()
+        } else {
+            pulls_failing(pod)
+        };
         let recovered: Vec<String> = self
             .flagged
             .get(&pod_ref.uid)
             .into_iter()
-            .flat_map(BTreeMap::keys)
-            .filter(|container| {
-                if container.as_str() == SANDBOX {
+            .flat_map(BTreeMap::values)
+            .filter(|flag| {
+                if flag.container == SANDBOX {
                     terminating || sandbox_recovered(pod)
                 } else {
-                    !failures.iter().any(|f| &f.container == *container)
+                    let failing = failures.iter().any(|f| f.container == flag.container);
+                    // ImagePullBackOff no longer shows the pull error, but the episode goes on.
+                    let backing_off =
+                        flag.variant.is_pull_time() && still_pulling.contains(&flag.container);
+                    !failing && !backing_off
                 }
             })
-            .cloned()
+            .map(|flag| flag.container.clone())
             .collect();
         let mut effects: Vec<Effect> = recovered
             .iter()
@@ -229,6 +241,7 @@ impl Episodes {
         let flag = Flag {
             pod: pod.clone(),
             container: failure.container.clone(),
+            variant: failure.variant,
             node: node.to_owned(),
             osbuild: facts.osbuild.clone().unwrap_or_default(),
             finding: annotation_value(&failure, node, facts),
@@ -522,6 +535,63 @@ mod tests {
         assert!(
             !e.sandbox_failed(&found, &pod("u1", json!({})), Some(&ws2019()))
                 .is_empty()
+        );
+    }
+
+    /// Docker's pull error in the kubelet's `ErrImagePull`, then `ImagePullBackOff` (which carries only
+    /// "Back-off pulling image"): one episode throughout. Message from DOMAIN.md §4 and
+    /// https://github.com/docker-archive-public/docker.kitematic/issues/5236.
+    #[test]
+    fn a_pull_time_episode_lasts_through_image_pull_back_off() {
+        let waiting = |reason: &str, message: &str| {
+            pod(
+                "u1",
+                json!({"phase": "Pending", "containerStatuses": [{
+                    "name": "app", "image": "example/app:ltsc2022", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": reason, "message": message}}
+                }]}),
+            )
+        };
+        let pull_error = waiting(
+            "ErrImagePull",
+            "rpc error: code = Unknown desc = Error response from daemon: no matching manifest for windows/amd64 10.0.17763 in the manifest list entries",
+        );
+        let back_off = waiting(
+            "ImagePullBackOff",
+            "Back-off pulling image \"example/app:ltsc2022\"",
+        );
+        let mut e = episodes();
+        let effects = e.pod_observed(&pull_error, Some(&ws2019()));
+        assert_eq!(kinds(&effects), ["flag app", "annotate 1"]);
+        let Effect::Flagged { message, .. } = &effects[0] else {
+            unreachable!()
+        };
+        assert!(
+            message.contains("cannot be pulled for node win-1"),
+            "{message}"
+        );
+        assert!(
+            e.pod_observed(&back_off, Some(&ws2019())).is_empty(),
+            "same episode"
+        );
+        assert!(
+            e.pod_observed(&pull_error, Some(&ws2019())).is_empty(),
+            "same episode"
+        );
+        // Fixed (e.g. the pod moved to a matching image): the container runs, the episode ends.
+        assert_eq!(
+            kinds(&e.pod_observed(&running("u1"), Some(&ws2019()))),
+            ["clear app", "annotate 0"]
+        );
+        // A crash-loop look-alike does not keep a runtime episode alive through a pull back-off.
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u2"), Some(&ws2019()));
+        let mut backing_off = back_off.clone();
+        backing_off.metadata.uid = Some("u2".into());
+        backing_off.metadata.name = Some("pod-u2".into());
+        assert_eq!(
+            kinds(&e.pod_observed(&backing_off, Some(&ws2019()))),
+            ["clear app", "annotate 0"]
         );
     }
 

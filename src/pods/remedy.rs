@@ -27,8 +27,13 @@ pub fn finding_message(
         facts.osbuild.as_deref().unwrap_or("unknown"),
         facts.release.unwrap_or("unknown")
     );
+    let fails = if failure.variant.is_pull_time() {
+        "cannot be pulled for"
+    } else {
+        "cannot start on"
+    };
     format!(
-        "{what} (image {}) cannot start on {host}: the image's Windows version does not match the host's ({} error). {}",
+        "{what} (image {}) {fails} {host}: the image's Windows version does not match the host's ({} error). {}",
         failure.image,
         variant_name(failure.variant),
         remediation(&failure.image, facts, keys)
@@ -40,6 +45,8 @@ fn variant_name(variant: Variant) -> &'static str {
         Variant::Hcs0xc0370101 => "HCS 0xc0370101",
         Variant::Hcsshim => "hcsshim",
         Variant::Containerd => "containerd",
+        Variant::PullNoMatchingManifest => "pull: no matching manifest",
+        Variant::DockerVersionCheck => "Docker version check",
     }
 }
 
