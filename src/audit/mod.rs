@@ -1,0 +1,8 @@
+//! The audit: which Windows workloads will crash, and which will crash after an upgrade (issue 13). These
+//! are its pure parts: which nodes a pod template can land on ([`schedule`]), the verdict from those nodes
+//! and the images' platforms ([`verdict`]), and upgrade assumptions ([`what_if`]). The `audit` command and
+//! the in-cluster gauges read the cluster and the registries and call them.
+
+pub mod schedule;
+pub mod verdict;
+pub mod what_if;
