@@ -19,6 +19,7 @@ pub mod nodes;
 pub mod offline;
 pub mod ownership;
 pub mod pods;
+pub mod pull_secrets;
 pub mod registry;
 pub mod run;
 pub mod server;
