@@ -16,6 +16,7 @@ pub mod node_info;
 pub mod nodes;
 pub mod offline;
 pub mod ownership;
+pub mod placement;
 pub mod pods;
 pub mod registry;
 pub mod run;
