@@ -65,7 +65,7 @@ pub async fn keyring(shared: &Shared, pod: &Pod) -> Keyring {
         match parse_pull_secret(format, &bytes.0) {
             Ok(pairs) => entries.extend(pairs),
             Err(err) => {
-                tracing::warn!(secret = name, error = %err, "unreadable pull secret; skipped")
+                tracing::warn!(secret = name, error = %err, "unreadable pull secret; skipped");
             }
         }
     }
