@@ -70,8 +70,33 @@ fn kubeconfig() -> &'static Path {
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],
             &rendered,
         );
+        wait_for_policy(&path);
         path
     })
+}
+
+/// The API server loads a new policy asynchronously: wait until a Windows pod (a server-side dry run, so
+/// nothing is stored) comes back gated, or fail with what it returned.
+fn wait_for_policy(kubeconfig: &Path) {
+    let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "policy-probe", "namespace": "default"},
+        "spec": {"os": {"name": "windows"}, "containers": [{"name": "c", "image": "probe"}]}})
+    .to_string();
+    let start = std::time::Instant::now();
+    loop {
+        let out = kubectl(
+            kubeconfig,
+            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
+            &probe,
+        );
+        if out.contains(GATE) {
+            return;
+        }
+        assert!(
+            start.elapsed() < TIMEOUT,
+            "the admission policy never gated a Windows pod: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
@@ -217,9 +242,10 @@ impl Cluster {
             r.get("REGISTRY_CA"),
             "--registry-timeout",
             "3s",
-            "--placement-deadline",
-            "6s",
         ];
+        if !extra.contains(&"--placement-deadline") {
+            flags.extend(["--placement-deadline", "6s"]);
+        }
         flags.extend_from_slice(extra);
         flags
     }
