@@ -42,6 +42,15 @@ pub const GATED_PODS_WATCH: &str = "placement-pods";
 const CONCURRENCY: usize = 32;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
 const MAX_RETRY: Duration = Duration::from_secs(5);
+/// Conflicts in a row retried at once, before backing off.
+const MAX_CONFLICTS: u32 = 5;
+
+enum Applied {
+    Done,
+    /// The pod changed since it was read (409 on its resourceVersion).
+    Conflict,
+    Failed,
+}
 
 /// The placement loop's own options.
 #[derive(Debug, Clone)]
@@ -156,10 +165,11 @@ async fn run(
         let (context, limit, in_flight) = (context.clone(), limit.clone(), in_flight.clone());
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let stop = shutdown.clone();
+        let gated_at = gated_at(created(&pod), SystemTime::now());
         placing.spawn(async move {
             if let Ok(_permit) = limit.acquire().await {
                 tokio::select! {
-                    () = place(&context, &namespace, &name, &uid) => {},
+                    () = place(&context, (&namespace, &name, &uid), gated_at) => {},
                     () = stop.cancelled() => {},
                 }
             }
@@ -167,6 +177,17 @@ async fn run(
         });
     }
     Ok(())
+}
+
+/// When the pod was gated, as well as we can tell: creationTimestamp has whole seconds, so a pod first
+/// seen within that second is timed from when the watch delivered it (milliseconds after its creation);
+/// one seen later (listed after a restart or a change of leader) from its creationTimestamp.
+fn gated_at(created: SystemTime, first_seen: SystemTime) -> SystemTime {
+    if first_seen < created + Duration::from_secs(1) {
+        first_seen.max(created)
+    } else {
+        created
+    }
 }
 
 fn created(pod: &Pod) -> SystemTime {
@@ -178,13 +199,18 @@ fn created(pod: &Pod) -> SystemTime {
 
 /// Places one pod: retries until it is released, gone, or no longer gated.
 #[tracing::instrument(skip_all, fields(namespace, pod))]
-async fn place(context: &Context, namespace: &str, name: &str, uid: &str) {
+async fn place(
+    context: &Context,
+    (namespace, name, uid): (&str, &str, &str),
+    gated_at: SystemTime,
+) {
     tracing::Span::current()
         .record("namespace", namespace)
         .record("pod", name);
     let shared = &context.shared;
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), namespace);
     let mut retry = FIRST_RETRY;
+    let mut conflicts = 0;
     loop {
         if !shared.dry_run && !shared.leadership.is_leader() {
             // Followers wait: whoever leads places the pod.
@@ -232,11 +258,15 @@ async fn place(context: &Context, namespace: &str, name: &str, uid: &str) {
                     tracing::info!(outcome = release.outcome.label(), note = %release.note, "would release the pod (dry run)");
                     return;
                 }
-                match apply(shared, &api, &pod, &release).await {
-                    Ok(()) => return,
-                    // Changed since we read it (the resourceVersion test), or a write that may pass: read again.
-                    Err(()) => {
-                        tokio::time::sleep(FIRST_RETRY).await;
+                match apply(shared, &api, &pod, &release, gated_at).await {
+                    Applied::Done => return,
+                    // Changed since we read it (kube-scheduler marks a new gated pod SchedulingGated right
+                    // after its creation): read it again at once; the images are cached by now.
+                    Applied::Conflict if conflicts < MAX_CONFLICTS => conflicts += 1,
+                    Applied::Conflict | Applied::Failed => {
+                        conflicts = 0;
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(MAX_RETRY);
                     }
                 }
             }
@@ -244,7 +274,13 @@ async fn place(context: &Context, namespace: &str, name: &str, uid: &str) {
     }
 }
 
-async fn apply(shared: &Shared, api: &Api<Pod>, pod: &Pod, release: &Release) -> Result<(), ()> {
+async fn apply(
+    shared: &Shared,
+    api: &Api<Pod>,
+    pod: &Pod,
+    release: &Release,
+    gated_at: SystemTime,
+) -> Applied {
     let name = pod.name_any();
     match api
         .patch(
@@ -255,14 +291,17 @@ async fn apply(shared: &Shared, api: &Api<Pod>, pod: &Pod, release: &Release) ->
         .await
     {
         Ok(_) => {}
-        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+        Err(kube::Error::Api(status)) if status.code == 404 => return Applied::Done,
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            tracing::debug!("the pod changed since it was read; reading it again");
+            return Applied::Conflict;
+        }
         Err(err) => {
-            let category = api_error_category(&err);
-            if !matches!(&err, kube::Error::Api(s) if s.code == 422 || s.code == 409) {
-                shared.metrics.api_error(CONTROLLER, category);
-            }
-            tracing::warn!(error = %err, "cannot release the gated pod; reading it again");
-            return Err(());
+            shared
+                .metrics
+                .api_error(CONTROLLER, api_error_category(&err));
+            tracing::warn!(error = %err, "cannot release the gated pod; retrying");
+            return Applied::Failed;
         }
     }
     let metrics = &shared.metrics;
@@ -270,7 +309,7 @@ async fn apply(shared: &Shared, api: &Api<Pod>, pod: &Pod, release: &Release) ->
         .placements
         .with_label_values(&[release.outcome.label()])
         .inc();
-    if let Ok(waited) = SystemTime::now().duration_since(created(pod)) {
+    if let Ok(waited) = SystemTime::now().duration_since(gated_at) {
         metrics.gate_to_placed.observe(waited.as_secs_f64());
     }
     tracing::info!(
@@ -302,7 +341,7 @@ async fn apply(shared: &Shared, api: &Api<Pod>, pod: &Pod, release: &Release) ->
             release.note.clone(),
         )
         .await;
-    Ok(())
+    Applied::Done
 }
 
 /// Every container and init container image, read with the pod's pull secrets; `imagePullPolicy: Always`
@@ -407,6 +446,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gated_at_is_the_first_sight_within_the_creation_second() {
+        let created = SystemTime::UNIX_EPOCH + Duration::from_secs(100);
+        let soon = created + Duration::from_millis(300);
+        assert_eq!(gated_at(created, soon), soon);
+        let later = created + Duration::from_secs(20);
+        assert_eq!(gated_at(created, later), created);
+    }
 
     #[test]
     fn hyperv_handlers() {
