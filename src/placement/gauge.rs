@@ -61,7 +61,7 @@ pub struct PlacementCollector {
 
 impl PlacementCollector {
     pub fn new(gated: GatedPods, source: Arc<dyn Deadline>) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str| {
+        let counter_opts = |name: &str, help: &str| {
             IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
         };
         Ok(Self {
@@ -72,11 +72,11 @@ impl PlacementCollector {
                 "Pods still carrying the osbuild-controller.io/image-os scheduling gate longer than --placement-deadline.",
                 &[],
             )?,
-            cache_hits: counter(
+            cache_hits: counter_opts(
                 "registry_cache_hits_total",
                 "Image reads answered from the registry cache.",
             )?,
-            resolutions: counter(
+            resolutions: counter_opts(
                 "registry_resolutions_total",
                 "Image reads that went to a registry (cache misses and imagePullPolicy: Always), successful or not.",
             )?,
