@@ -247,6 +247,21 @@ fn sort_key(value: &str) -> (u32, u32) {
     )
 }
 
+/// The release when the API server refused our node affinity (a pod shape it will not narrow): the gate
+/// goes without it, so the pod is never stranded, and a Warning says why.
+pub fn release_without_affinity(pod: &Pod, refusal: &str) -> Release {
+    Release {
+        patch: release_patch(pod, "", None),
+        outcome: Outcome::ImageOsUnknown,
+        values: None,
+        warning: true,
+        reason: IMAGE_OS_UNKNOWN,
+        note: format!(
+            "the API server refused the node affinity for this pod ({refusal}); it is scheduled without a host constraint"
+        ),
+    }
+}
+
 pub fn has_gate(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
@@ -628,6 +643,20 @@ mod tests {
             "{values:?}"
         );
         assert!(r.note.contains("Hyper-V"));
+    }
+
+    #[test]
+    fn a_refused_affinity_still_frees_the_pod() {
+        let pod = gated();
+        let r = release_without_affinity(&pod, "422 Invalid");
+        assert_eq!(r.outcome, Outcome::ImageOsUnknown);
+        assert!(r.warning && r.note.contains("422 Invalid"));
+        let doc = patched(&pod, &r.patch);
+        assert_eq!(doc["spec"].get("affinity"), None);
+        assert_eq!(
+            doc["spec"]["schedulingGates"],
+            json!([{"name": "example.com/other"}])
+        );
     }
 
     #[test]

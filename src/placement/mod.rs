@@ -49,6 +49,8 @@ enum Applied {
     Done,
     /// The pod changed since it was read (409 on its resourceVersion).
     Conflict,
+    /// The API server refused the change itself (422): retrying the same patch cannot help.
+    Invalid(String),
     Failed,
 }
 
@@ -263,6 +265,17 @@ async fn place(
                     // Changed since we read it (kube-scheduler marks a new gated pod SchedulingGated right
                     // after its creation): read it again at once; the images are cached by now.
                     Applied::Conflict if conflicts < MAX_CONFLICTS => conflicts += 1,
+                    Applied::Invalid(refusal) => {
+                        let fallback = decide::release_without_affinity(&pod, &refusal);
+                        if matches!(
+                            apply(shared, &api, &pod, &fallback, gated_at).await,
+                            Applied::Done
+                        ) {
+                            return;
+                        }
+                        tokio::time::sleep(retry).await;
+                        retry = (retry * 2).min(MAX_RETRY);
+                    }
                     Applied::Conflict | Applied::Failed => {
                         conflicts = 0;
                         tokio::time::sleep(retry).await;
@@ -292,6 +305,11 @@ async fn apply(
     {
         Ok(_) => {}
         Err(kube::Error::Api(status)) if status.code == 404 => return Applied::Done,
+        Err(kube::Error::Api(status)) if status.code == 422 && release.values.is_some() => {
+            shared.metrics.api_error(CONTROLLER, "invalid");
+            tracing::warn!(message = %status.message, "the API server refused the node affinity; releasing without it");
+            return Applied::Invalid(status.message.clone());
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             tracing::debug!("the pod changed since it was read; reading it again");
             return Applied::Conflict;
