@@ -240,9 +240,10 @@ impl Cluster {
             r.get("REGISTRY_PLAIN"),
             "--registry-ca-file",
             r.get("REGISTRY_CA"),
-            "--registry-timeout",
-            "3s",
         ];
+        if !extra.contains(&"--registry-timeout") {
+            flags.extend(["--registry-timeout", "3s"]);
+        }
         if !extra.contains(&"--placement-deadline") {
             flags.extend(["--placement-deadline", "6s"]);
         }
@@ -844,10 +845,50 @@ async fn registry_failures_release_the_pod_with_image_os_unknown() {
     cluster.cleanup().await;
 }
 
-/// The leader dies while pods are gated: the new leader places them.
+/// A registry front that holds every connection unanswered until `heal`, then forwards to `upstream`:
+/// a registry that is slow for a while and then recovers.
+struct Stalled {
+    addr: String,
+    healed: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Stalled {
+    async fn start(upstream: String) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let healed = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = healed.clone();
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((mut socket, _)) = listener.accept().await {
+                if !flag.load(Ordering::SeqCst) {
+                    held.push(socket);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut socket, &mut server).await;
+                    }
+                });
+            }
+        });
+        Self { addr, healed, task }
+    }
+
+    fn heal(&self) {
+        self.healed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The leader dies while pods are gated (its registry is stalled, so it keeps retrying them): the new
+/// leader places them once the registry answers.
 #[tokio::test]
 async fn a_new_leader_places_the_pods_the_old_one_left_gated() {
     let cluster = Cluster::new("placement-leader").await;
+    let stalled = Stalled::start(registries().get("REGISTRY_PLAIN").to_owned()).await;
     let lease = format!("{}-lease", cluster.env.prefix);
     let flags = [
         "--leader-elect",
@@ -857,18 +898,39 @@ async fn a_new_leader_places_the_pods_the_old_one_left_gated() {
         &cluster.env.namespace,
         "--lease-duration",
         "4s",
+        "--registry-insecure",
+        &stalled.addr,
+        "--registry-timeout",
+        "1s",
+        "--placement-deadline",
+        "60s",
     ];
     let a = cluster.controller(&flags).await;
     a.wait_metric("osbuild_leader", &[], 1.0).await;
     let b = cluster.controller(&flags).await;
     assert_eq!(b.metric("osbuild_leader", &[]).await, Some(0.0));
-    // Pods gated before the leader dies; it is killed without a chance to place them all.
-    let image = registries().plain("windows/ltsc2022");
-    a.kill();
+    let image = format!("{}/windows/ltsc2022", stalled.addr);
     for i in 0..3 {
         assert_gated(&cluster.pod(&format!("p{i}"), &image, json!({})).await);
     }
-    // The follower sees them gated and, once it leads, places every one.
+    // The leader is working on them (its reads time out and are retried) when it dies.
+    eventually(
+        "the leader retrying the stalled registry",
+        TIMEOUT,
+        || async {
+            (a.metric("osbuild_image_resolutions_total", &[("outcome", "timeout")])
+                .await?
+                >= 3.0)
+                .then_some(())
+        },
+    )
+    .await;
+    a.kill();
+    for i in 0..3 {
+        assert!(gates(&cluster.get(&format!("p{i}")).await).contains(&GATE.to_owned()));
+    }
+    stalled.heal();
+    // The follower has tracked them and, once it leads, places every one.
     b.wait_metric("osbuild_leader", &[], 1.0).await;
     for i in 0..3 {
         let pod = cluster.released(&format!("p{i}")).await;
@@ -876,6 +938,7 @@ async fn a_new_leader_places_the_pods_the_old_one_left_gated() {
     }
     b.wait_metric("osbuild_placements_total", &[("outcome", "placed")], 3.0)
         .await;
+    stalled.task.abort();
     cluster.cleanup().await;
 }
 
