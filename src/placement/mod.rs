@@ -233,9 +233,11 @@ async fn place(
                 continue;
             }
         };
+        let reading = std::time::Instant::now();
         let images = resolve_images(context, &pod).await;
         let hosts = cluster_hosts(shared);
         let isolation = isolation(shared, &pod).await;
+        tracing::debug!(took = ?reading.elapsed(), since_gated = ?SystemTime::now().duration_since(gated_at).unwrap_or_default(), "read the pod's images");
         let gated_for = SystemTime::now()
             .duration_since(created(&pod))
             .unwrap_or_default();
