@@ -32,6 +32,24 @@ pub enum Command {
     Classify(ClassifyArgs),
     /// Read an image's platforms from its registry and the osbuild values of the hosts that run it.
     Image(ImageArgs),
+    /// Remove the osbuild-controller.io/image-os scheduling gate from pods (other gates stay), e.g. before
+    /// uninstalling the controller.
+    Ungate(UngateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UngateArgs {
+    /// Pods to release, by name (in --namespace).
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    pub pods: Vec<String>,
+    /// Every pod carrying the gate: in --namespace, or in every namespace without it.
+    #[arg(long)]
+    pub all: bool,
+    /// The pods' namespace ("default" for pods named on the command line).
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -209,6 +227,16 @@ pub struct RunArgs {
     /// How many nodes are reconciled at once (bounds API load and memory during a cold start).
     #[arg(long, env = "OSBUILD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Place gated Windows pods on hosts that run their images (needs the admission policy of
+    /// manifests/components/placement); --placement=false turns it off.
+    #[arg(long, env = "OSBUILD_PLACEMENT", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub placement: bool,
+    /// How long a pod stays gated while its registry fails; then it is scheduled without a host constraint
+    /// and a Warning Event ImageOSUnknown says why.
+    #[arg(long, env = "OSBUILD_PLACEMENT_DEADLINE", default_value = "30s", value_parser = parse_duration)]
+    pub placement_deadline: Duration,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Log format.
     #[arg(long, env = "OSBUILD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -18,6 +18,7 @@ pub mod node_info;
 pub mod nodes;
 pub mod offline;
 pub mod ownership;
+pub mod placement;
 pub mod pods;
 pub mod pull_secrets;
 pub mod registry;

@@ -3,6 +3,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use osbuild_controller::cli::{Cli, Command, RunArgs};
+use osbuild_controller::placement::ungate;
 use osbuild_controller::{image_command, offline, run, telemetry};
 
 fn main() -> ExitCode {
@@ -15,6 +16,7 @@ fn main() -> ExitCode {
         }
         Command::Compat(args) => offline::compat_command(&args),
         Command::Image(args) => return online(image_command::image_command(&args)),
+        Command::Ungate(args) => return cluster_command(ungate::ungate_command(&args)),
         Command::Classify(args) => offline::classify_command(&args, &mut std::io::stdin().lock()),
     };
     match result {
@@ -49,6 +51,25 @@ fn online(
         Err(err) => {
             eprintln!("error: {}", err.replace('\n', " "));
             ExitCode::from(2)
+        }
+    }
+}
+
+/// Commands that talk to the cluster: 0 with the answer on stdout, 1 with the error (every line of it).
+fn cluster_command(command: impl std::future::Future<Output = anyhow::Result<String>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| anyhow::anyhow!("cannot start the async runtime: {e}"))
+        .and_then(|runtime| runtime.block_on(command));
+    match result {
+        Ok(output) => {
+            let _ = writeln!(std::io::stdout().lock(), "{output}");
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(1)
         }
     }
 }

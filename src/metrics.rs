@@ -28,6 +28,14 @@ pub struct Metrics {
     pub watch_up: IntGaugeVec,
     pub pod_os_mismatch: IntGaugeVec,
     pub pod_os_mismatch_detections: IntCounterVec,
+    /// Gated pods released by the placement loop, by outcome.
+    pub placements: IntCounterVec,
+    /// Image reads the placement loop asked for (cache hits included), by outcome: `ok` or the error category.
+    pub image_resolutions: IntCounterVec,
+    /// From pod creation (when the admission policy gated it) to the patch that released it.
+    pub gate_to_placed: Histogram,
+    /// Each manifest or blob request to a registry.
+    pub registry_request_duration: Histogram,
 }
 
 impl Metrics {
@@ -85,6 +93,40 @@ impl Metrics {
                 ),
                 &["namespace"],
             )?,
+            placements: IntCounterVec::new(
+                opts(
+                    "placements_total",
+                    "Gated pods released by the placement loop, by outcome (placed, no-compatible-node, not-windows, image-os-unknown).",
+                ),
+                &["outcome"],
+            )?,
+            image_resolutions: IntCounterVec::new(
+                opts(
+                    "image_resolutions_total",
+                    "Images of gated pods read (from the cache or the registry), by outcome: ok or the registry error category.",
+                ),
+                &["outcome"],
+            )?,
+            gate_to_placed: Histogram::with_opts(
+                HistogramOpts::new(
+                    "gate_to_placed_seconds",
+                    "Time from a gated pod's creation to the patch that released it.",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![
+                    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                ]),
+            )?,
+            registry_request_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "registry_request_duration_seconds",
+                    "Duration of one manifest or blob request to a registry (the auth handshake included).",
+                )
+                .namespace(NAMESPACE)
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ]),
+            )?,
             registry,
         };
         let r = &metrics.registry;
@@ -96,6 +138,10 @@ impl Metrics {
         r.register(Box::new(metrics.watch_up.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch_detections.clone()))?;
+        r.register(Box::new(metrics.placements.clone()))?;
+        r.register(Box::new(metrics.image_resolutions.clone()))?;
+        r.register(Box::new(metrics.gate_to_placed.clone()))?;
+        r.register(Box::new(metrics.registry_request_duration.clone()))?;
         #[cfg(target_os = "linux")]
         r.register(Box::new(
             prometheus::process_collector::ProcessCollector::new(

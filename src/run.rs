@@ -14,6 +14,7 @@ use crate::health::Health;
 use crate::lease::{self, LeaderGauge, Leadership, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::nodes::{self, NodeOptions};
+use crate::placement::{self, PlacementOptions};
 use crate::pods::{self, PodOptions};
 use crate::server::{self, ServerState};
 use crate::shared::{self, Shared};
@@ -70,6 +71,9 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         },
         &mut tasks,
     );
+    if args.placement {
+        placement::start(&shared, placement_options(&args), &mut tasks)?;
+    }
     if args.leader_elect {
         lease::start(&shared, lease_config(&args), &mut tasks);
     }
@@ -116,6 +120,14 @@ fn node_options(args: &RunArgs) -> NodeOptions {
     }
 }
 
+fn placement_options(args: &RunArgs) -> PlacementOptions {
+    PlacementOptions {
+        deadline: args.placement_deadline,
+        namespace: args.namespace.clone(),
+        registry: args.registry.options(),
+    }
+}
+
 fn lease_config(args: &RunArgs) -> LeaseConfig {
     LeaseConfig {
         name: args.lease_name.clone(),
@@ -138,6 +150,8 @@ fn log_configuration(args: &RunArgs, keys: &LabelKeys) {
         leader_elect = args.leader_elect,
         resync_interval = ?args.resync_interval,
         concurrency = args.concurrency,
+        placement = args.placement,
+        placement_deadline = ?args.placement_deadline,
         "starting osbuild-controller {}",
         env!("CARGO_PKG_VERSION")
     );

@@ -67,8 +67,12 @@ fn apply_with(yaml: &str, manager: &str, extra: &[&str]) -> Vec<Value> {
     }
 }
 
+/// The base alone (manifests/base: no placement). The default install (`manifests`) adds the placement
+/// component, whose MutatingAdmissionPolicy is cluster-wide: on this shared control plane it would gate the
+/// Windows pods of every other test, so it is only dry-run here (and applied for real by tests/placement.rs,
+/// on a control plane of its own).
 fn apply_base() -> Vec<Value> {
-    apply_as(&render("manifests"), MANAGER)
+    apply_as(&render("manifests/base"), MANAGER)
 }
 
 fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
@@ -217,7 +221,7 @@ async fn base_applies_server_side_with_a_locked_down_deployment() {
     let generation = deployments.get(SA).await.unwrap().metadata.generation;
     apply_base();
     apply_with(
-        &render("manifests"),
+        &render("manifests/base"),
         "another-manager",
         &["--dry-run=server"],
     );
@@ -495,6 +499,8 @@ async fn the_manifests_service_account_labels_nodes_flags_pods_and_stays_ready()
             "5s",
             "--resync-interval",
             "2s",
+            // The base Deployment's OSBUILD_PLACEMENT=false: the base has no placement rights.
+            "--placement=false",
         ],
     );
     controller.wait_ready().await;
@@ -850,4 +856,136 @@ fn every_metric_in_the_source_is_documented_and_every_documented_one_exists() {
         stale.is_empty(),
         "docs/metrics.md documents metrics that do not exist: {stale:?}"
     );
+}
+
+/// The default install adds placement (the admission policy, `patch pods`, `get` on secrets,
+/// serviceaccounts and runtimeclasses, `--placement` on); the overlay without placement is the base: no
+/// policy, no extra right, `--placement=false`. The policy is valid for the real API server (a server-side
+/// dry run compiles its CEL); the rights are checked with SubjectAccessReviews under a test-unique name.
+#[tokio::test]
+async fn the_placement_component_adds_the_policy_and_only_the_rights_it_needs() {
+    let env = TestEnv::new("manifests-placement").await;
+    let full = render("manifests");
+    let without = render("manifests/overlays/without-placement");
+    for kind in ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"] {
+        assert!(
+            full.contains(&format!("kind: {kind}\n")),
+            "manifests lacks {kind}"
+        );
+        assert!(
+            !without.contains(&format!("kind: {kind}\n")),
+            "without-placement has {kind}"
+        );
+    }
+    assert!(full.contains("name: osbuild-controller-placement"));
+    assert!(!without.contains("osbuild-controller-placement"));
+    let placement_env = |yaml: &str| {
+        let i = yaml
+            .find("name: OSBUILD_PLACEMENT\n")
+            .expect("OSBUILD_PLACEMENT in the Deployment");
+        yaml[i..].lines().nth(1).unwrap().trim().to_owned()
+    };
+    assert_eq!(placement_env(&full), "value: \"true\"");
+    assert_eq!(placement_env(&without), "value: \"false\"");
+
+    // The whole default install is valid for the server, policy CEL included; nothing is stored.
+    let dry = apply_with(&full, MANAGER, &["--dry-run=server"]);
+    let policy = find(
+        &dry,
+        "MutatingAdmissionPolicy",
+        "osbuild-controller-placement",
+    );
+    assert_eq!(
+        policy["spec"]["failurePolicy"], "Ignore",
+        "nothing to fail closed"
+    );
+    let binding = find(
+        &dry,
+        "MutatingAdmissionPolicyBinding",
+        "osbuild-controller-placement",
+    );
+    let excluded = &binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"];
+    assert!(excluded.to_string().contains("kube-system") && excluded.to_string().contains(NS));
+
+    // The rights, under this test's own names (the policy and its binding, unlabelled, are left out).
+    let namespace = format!("{}-sys", env.prefix);
+    let prefix = format!("{}-", env.prefix);
+    let dir = std::env::temp_dir().join(format!("{}-placement", env.prefix));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("rendered.yaml"), &full).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        format!("resources:\n  - rendered.yaml\nnamePrefix: {prefix}\nnamespace: {namespace}\n"),
+    )
+    .unwrap();
+    let isolated = kubectl_with_stdin(&["kustomize", dir.to_str().unwrap()], "");
+    let applied = apply_with(
+        &isolated,
+        MANAGER,
+        &["-l", "app.kubernetes.io/name=osbuild-controller"],
+    );
+    assert!(
+        !applied.iter().any(|o| o["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("MutatingAdmission")),
+        "the policy must not be applied on the shared control plane"
+    );
+    let role = find(
+        &applied,
+        "ClusterRole",
+        &format!("{prefix}osbuild-controller-placement"),
+    );
+    assert_eq!(
+        role["rules"],
+        json!([
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["patch"]},
+            {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
+            {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get"]},
+        ])
+    );
+    let sa = format!("{prefix}osbuild-controller");
+    let needed = [
+        access("patch", "", "pods").ns("shop").named("web-0"),
+        access("get", "", "secrets").ns("shop").named("pull"),
+        access("get", "", "serviceaccounts")
+            .ns("shop")
+            .named("default"),
+        access("get", "node.k8s.io", "runtimeclasses").named("hyperv"),
+    ];
+    let forbidden = [
+        access("list", "", "secrets"),
+        access("watch", "", "secrets"),
+        access("list", "", "secrets").ns("shop"),
+        access("update", "", "pods").ns("shop").named("web-0"),
+        access("delete", "", "pods").ns("shop").named("web-0"),
+        access("create", "", "pods").ns("shop"),
+        access("list", "", "serviceaccounts"),
+        access("create", "", "serviceaccounts")
+            .sub("token")
+            .ns("shop"),
+        access("get", "", "configmaps").ns("shop"),
+        access("list", "node.k8s.io", "runtimeclasses"),
+    ];
+    let mut wrong = Vec::new();
+    for a in &needed {
+        if !allowed(&env.client, &namespace, &sa, a).await {
+            wrong.push(format!("cannot {}", a.describe()));
+        }
+    }
+    for a in &forbidden {
+        if allowed(&env.client, &namespace, &sa, a).await {
+            wrong.push(format!("can {}", a.describe()));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "with placement, the ServiceAccount {}",
+        wrong.join("; ")
+    );
+    let _ = kubectl_with_stdin(
+        &["delete", "--ignore-not-found", "--wait=false", "-f", "-"],
+        &isolated,
+    );
+    env.cleanup().await;
 }

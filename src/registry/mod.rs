@@ -99,9 +99,23 @@ pub struct Registry {
     resolutions: AtomicU64,
     requests: AtomicU64,
     cache_hits: AtomicU64,
+    request_duration: Option<prometheus::Histogram>,
 }
 
 impl Registry {
+    /// Also records each manifest and blob request's duration in `histogram`.
+    #[must_use]
+    pub fn observe_requests(mut self, histogram: prometheus::Histogram) -> Self {
+        self.request_duration = Some(histogram);
+        self
+    }
+
+    fn timed(&self) -> Option<prometheus::HistogramTimer> {
+        self.request_duration
+            .as_ref()
+            .map(prometheus::Histogram::start_timer)
+    }
+
     /// Fails only on our own configuration (an unreadable or empty CA file).
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
         // One TLS stack with kube: rustls with ring. Already installed is fine.
@@ -118,6 +132,7 @@ impl Registry {
             resolutions: AtomicU64::new(0),
             requests: AtomicU64::new(0),
             cache_hits: AtomicU64::new(0),
+            request_duration: None,
         })
     }
 
@@ -382,6 +397,7 @@ impl Registry {
         auth: &RegistryAuth,
     ) -> Result<(bytes::Bytes, String), RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let _timer = self.timed();
         client
             .pull_manifest_raw(reference, auth, ACCEPTED)
             .await
@@ -397,11 +413,13 @@ impl Registry {
     ) -> Result<manifest::ConfigPlatform, RegistryError> {
         self.requests.fetch_add(1, Ordering::Relaxed);
         let mut body = Vec::new();
+        let timer = self.timed();
         // The credentials were stored on the client by the manifest request.
         client
             .pull_blob(reference, digest, &mut body)
             .await
             .map_err(|e| RegistryError::from_oci(image, &e))?;
+        drop(timer);
         parse_config(&body).map_err(|detail| {
             RegistryError::new(
                 ErrorKind::BadManifest,
