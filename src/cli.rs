@@ -35,6 +35,26 @@ pub enum Command {
     /// Remove the osbuild-controller.io/image-os scheduling gate from pods (other gates stay), e.g. before
     /// uninstalling the controller.
     Ungate(UngateArgs),
+    /// Audit every Windows workload: will it run on the nodes it can land on (ok, at-risk, broken, unknown)?
+    /// Exit 0 when all are ok, 1 otherwise (for CI pipelines), 2 on an error.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Audit the workloads of one namespace only; all namespaces by default.
+    #[arg(long, short = 'n')]
+    pub namespace: Option<String>,
+    /// Upgrade planning: assume the nodes a label selector picks report this kernelVersion, e.g.
+    /// `agentpool=win19=10.0.26100.1`; repeatable (the last match wins).
+    #[arg(long = "if-nodes", value_name = "SELECTOR=KERNEL_VERSION")]
+    pub if_nodes: Vec<crate::audit::what_if::WhatIf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

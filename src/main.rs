@@ -17,6 +17,15 @@ fn main() -> ExitCode {
         Command::Compat(args) => offline::compat_command(&args),
         Command::Image(args) => return online(image_command::image_command(&args)),
         Command::Ungate(args) => return cluster_command(ungate::ungate_command(&args)),
+        Command::Audit(args) => {
+            let (output, code) = osbuild_controller::audit::command::audit_command(&args);
+            if code == 2 {
+                eprintln!("error: {}", output.replace('\n', " "));
+            } else {
+                let _ = writeln!(std::io::stdout().lock(), "{output}");
+            }
+            return ExitCode::from(code);
+        }
         Command::Classify(args) => offline::classify_command(&args, &mut std::io::stdin().lock()),
     };
     match result {

@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -26,7 +25,7 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::{Value, json};
-use support::{Controller, RUN_LABEL, TIMEOUT, TestEnv, consistently, eventually};
+use support::{Controller, RUN_LABEL, TIMEOUT, TestEnv, consistently, eventually, registries};
 
 const GATE: &str = "osbuild-controller.io/image-os";
 const KEY: &str = "beta.kubernetes.io/osbuild";
@@ -133,58 +132,6 @@ async fn client() -> Client {
 }
 
 // ------------------------------------------------------------------ the registries
-
-struct Registries(HashMap<String, String>);
-
-impl Registries {
-    fn get(&self, key: &str) -> &str {
-        self.0
-            .get(key)
-            .unwrap_or_else(|| panic!("scripts/registry printed no {key}"))
-    }
-    fn plain(&self, path: &str) -> String {
-        format!("{}/{path}", self.get("REGISTRY_PLAIN"))
-    }
-    fn secure(&self, path: &str) -> String {
-        format!("{}/{path}", self.get("REGISTRY_SECURE"))
-    }
-}
-
-/// Starts (or reuses) the registries and pushes the fixtures, once per test binary; fails if they cannot.
-fn registries() -> &'static Registries {
-    static REGISTRIES: OnceLock<Registries> = OnceLock::new();
-    REGISTRIES.get_or_init(|| {
-        let state = repo("target/registry-test");
-        let up = Command::new(repo("scripts/registry"))
-            .arg("up")
-            .env("OSBUILD_REGISTRY_DIR", &state)
-            .output()
-            .expect("scripts/registry runs");
-        assert!(
-            up.status.success(),
-            "the test registries did not start: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&up.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        for target in ["plain", "secure"] {
-            let pushed = Command::new(repo("tests/registry/fixtures.sh"))
-                .arg(target)
-                .envs(&vars)
-                .output()
-                .expect("fixtures.sh runs");
-            assert!(
-                pushed.status.success(),
-                "pushing the {target} fixtures failed: {}",
-                String::from_utf8_lossy(&pushed.stderr)
-            );
-        }
-        Registries(vars)
-    })
-}
 
 // ------------------------------------------------------------------ one test's cluster
 

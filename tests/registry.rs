@@ -5,10 +5,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
 
-use std::collections::HashMap;
+mod support;
+
 use std::net::TcpListener;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use osbuild_controller::core::platform::{ImageKind, VersionSource};
@@ -16,21 +16,14 @@ use osbuild_controller::core::runs_on::{Isolation, runs_on};
 use osbuild_controller::registry::credentials::Credential;
 use osbuild_controller::registry::{ErrorKind, Freshness, Registry, RegistryOptions};
 use serde_json::Value;
+use support::{Registries, registries};
 
-struct Env(HashMap<String, String>);
+/// The kit's registries, with the accessors these tests use.
+trait Env {
+    fn credential(&self) -> Credential;
+}
 
-impl Env {
-    fn get(&self, key: &str) -> &str {
-        self.0
-            .get(key)
-            .unwrap_or_else(|| panic!("scripts/registry printed no {key}"))
-    }
-    fn plain(&self) -> &str {
-        self.get("REGISTRY_PLAIN")
-    }
-    fn secure(&self) -> &str {
-        self.get("REGISTRY_SECURE")
-    }
+impl Env for Registries {
     fn credential(&self) -> Credential {
         Credential {
             username: self.get("REGISTRY_USER").into(),
@@ -39,49 +32,13 @@ impl Env {
     }
 }
 
-fn repo_root() -> &'static str {
-    env!("CARGO_MANIFEST_DIR")
-}
-
-/// Starts (or reuses) the registries and pushes the fixtures once per test binary.
-fn env() -> &'static Env {
-    static ENV: OnceLock<Env> = OnceLock::new();
-    ENV.get_or_init(|| {
-        let state = format!("{}/target/registry-test", repo_root());
-        let up = Command::new(format!("{}/scripts/registry", repo_root()))
-            .arg("up")
-            .env("OSBUILD_REGISTRY_DIR", &state)
-            .output()
-            .expect("scripts/registry runs");
-        assert!(
-            up.status.success(),
-            "the test registries did not start: {}",
-            String::from_utf8_lossy(&up.stderr)
-        );
-        let vars: HashMap<String, String> = String::from_utf8_lossy(&up.stdout)
-            .lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-        for target in ["plain", "secure"] {
-            let pushed = Command::new(format!("{}/tests/registry/fixtures.sh", repo_root()))
-                .arg(target)
-                .envs(&vars)
-                .output()
-                .expect("fixtures.sh runs");
-            assert!(
-                pushed.status.success(),
-                "pushing the {target} fixtures failed: {}",
-                String::from_utf8_lossy(&pushed.stderr)
-            );
-        }
-        Env(vars)
-    })
+fn env() -> &'static Registries {
+    registries()
 }
 
 fn plain_registry(timeout: Duration) -> Registry {
     Registry::new(RegistryOptions {
-        insecure: vec![env().plain().to_owned()],
+        insecure: vec![env().plain_host().to_owned()],
         timeout,
         ..RegistryOptions::default()
     })
@@ -197,7 +154,7 @@ async fn every_image_shape_resolves_to_its_platforms_and_hosts() {
         ),
     ];
     for (repo, kind, platforms, hosts) in cases {
-        let image = format!("{}/{repo}", env().plain());
+        let image = format!("{}/{repo}", env().plain_host());
         let resolved = registry
             .resolve(&image, &[], Freshness::Cached)
             .await
@@ -244,7 +201,7 @@ fn one_error_line(out: &Output) -> String {
 
 #[test]
 fn cli_image_json_and_errors() {
-    let plain = env().plain();
+    let plain = env().plain_host();
     let out = cli(&[
         "image",
         "-o",
@@ -295,7 +252,7 @@ fn cli_image_json_and_errors() {
         "image",
         "--registry-ca-file",
         env().get("REGISTRY_CA"),
-        &format!("{}/private/ltsc2019", env().secure()),
+        &format!("{}/private/ltsc2019", env().secure_host()),
     ]));
     assert!(err.contains("unauthorized"), "{err}");
     let err = one_error_line(&cli(&["image", "not a reference!"]));
@@ -324,7 +281,7 @@ fn cli_image_json_and_errors() {
 #[tokio::test]
 async fn private_image_needs_the_right_credentials() {
     let registry = secure_registry();
-    let image = format!("{}/private/ltsc2019", env().secure());
+    let image = format!("{}/private/ltsc2019", env().secure_host());
     let resolved = registry
         .resolve(&image, &[env().credential()], Freshness::Cached)
         .await
@@ -368,7 +325,7 @@ async fn registry_down_slow_and_malformed() {
     let registry = plain_registry(Duration::from_secs(2));
     registry
         .resolve(
-            &format!("{}/windows/ltsc2022", env().plain()),
+            &format!("{}/windows/ltsc2022", env().plain_host()),
             &[],
             Freshness::Cached,
         )
@@ -420,7 +377,7 @@ async fn registry_down_slow_and_malformed() {
     // Malformed: the registry serves JSON cut short.
     let err = registry
         .resolve(
-            &format!("{}/broken/manifest", env().plain()),
+            &format!("{}/broken/manifest", env().plain_host()),
             &[],
             Freshness::Cached,
         )
@@ -441,7 +398,7 @@ fn manifest_gets(repo: &str) -> usize {
 #[tokio::test]
 async fn one_registry_resolution_per_image_and_credential_within_the_ttl() {
     let registry = plain_registry(Duration::from_secs(10));
-    let image = format!("{}/windows/cached", env().plain());
+    let image = format!("{}/windows/cached", env().plain_host());
     let before = manifest_gets("windows/cached");
     // 20 pods at once, then 20 more: one resolution.
     let all = futures::future::join_all(
@@ -471,7 +428,7 @@ async fn one_registry_resolution_per_image_and_credential_within_the_ttl() {
         .await
         .expect("anonymous registry ignores credentials");
     assert_eq!(registry.stats().resolutions, 2);
-    let by_digest = format!("{}/windows/cached@{}", env().plain(), first.digest);
+    let by_digest = format!("{}/windows/cached@{}", env().plain_host(), first.digest);
     registry
         .resolve(&by_digest, &[], Freshness::Cached)
         .await
@@ -488,7 +445,7 @@ async fn one_registry_resolution_per_image_and_credential_within_the_ttl() {
 
     // A TTL of zero never serves from the cache.
     let uncached = Registry::new(RegistryOptions {
-        insecure: vec![env().plain().to_owned()],
+        insecure: vec![env().plain_host().to_owned()],
         cache_ttl: Duration::ZERO,
         ..RegistryOptions::default()
     })

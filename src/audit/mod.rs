@@ -3,6 +3,7 @@
 //! and the images' platforms ([`verdict`]), and upgrade assumptions ([`what_if`]). The `audit` command and
 //! the in-cluster gauges read the cluster and the registries and call them.
 
+pub mod command;
 pub mod schedule;
 pub mod verdict;
 pub mod what_if;

@@ -22,6 +22,7 @@ pub mod faults;
 pub mod metrics;
 pub mod process;
 pub mod rbac;
+pub mod registries;
 pub mod wait;
 
 pub use cluster::{
@@ -36,4 +37,5 @@ pub use process::{
     Controller, controller_binary, free_port, free_ports, http_get, read_log, signal,
 };
 pub use rbac::{Access, access, allowed};
+pub use registries::{Registries, registries};
 pub use wait::{TIMEOUT, consistently, eventually};
