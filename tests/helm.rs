@@ -223,7 +223,10 @@ fn default_render_is_the_kustomize_manifests() {
     let annotating = template(
         "osbuild-controller",
         "osbuild-controller",
-        &[r#"controller.annotatePods=true"#.into()],
+        &[
+            r#"controller.annotatePods=true"#.into(),
+            "placement.enabled=false".into(),
+        ],
     );
     let mut overlay = kustomize("manifests/overlays/annotate-pods");
     overlay.retain(|o| o["kind"] != "Namespace");
@@ -343,6 +346,7 @@ fn expected<'a>(
     watched: Option<&'a str>,
     annotate: bool,
     leader: bool,
+    placement: bool,
 ) -> Expected<'a> {
     let mut needed = vec![
         access("get", "", "nodes"),
@@ -362,8 +366,8 @@ fn expected<'a>(
         access("delete", "", "nodes").named("win-1"),
         access("update", "", "nodes").named("win-1"),
         access("create", "", "nodes"),
-        access("get", "", "secrets").ns(ns),
         access("list", "", "secrets"),
+        access("watch", "", "secrets"),
         access("get", "", "configmaps").ns("kube-system"),
         access("create", "", "serviceaccounts").ns(ns),
         access("create", "", "events").ns("shop"),
@@ -418,6 +422,22 @@ fn expected<'a>(
             }
         }
     }
+    // Placement: patch any pod (affinity and gate), read pull secrets, ServiceAccounts and RuntimeClasses by
+    // name; never list or watch secrets (above).
+    let placement_access = [
+        access("patch", "", "pods").ns("shop").named("web-0"),
+        access("get", "", "secrets").ns("shop").named("regcred"),
+        access("get", "", "serviceaccounts")
+            .ns("shop")
+            .named("default"),
+        access("get", "node.k8s.io", "runtimeclasses").named("hyperv"),
+    ];
+    if placement {
+        forbidden.retain(|f| !(f.verb == "patch" && f.resource == "pods"));
+        needed.extend(placement_access);
+    } else {
+        forbidden.extend(placement_access);
+    }
     let lease_access = [
         access("create", "coordination.k8s.io", "leases").ns(ns),
         access("get", "coordination.k8s.io", "leases")
@@ -453,8 +473,22 @@ async fn wrong_access(client: &Client, ns: &str, sa: &str, expected: &Expected<'
 // ---------------------------------------------------------------- variants on the real API server
 
 /// `kubectl apply --server-side` of a rendered chart: a server-side dry run first, then for real.
+/// The admission policy of placement gates every new Windows pod in the cluster: on the shared control
+/// plane it would gate other tests' pods, so it is only ever dry-run here (tests/placement.rs applies it on
+/// a control plane of its own). Everything else is applied for real.
+const DRY_RUN_ONLY: [&str; 2] = ["MutatingAdmissionPolicy", "MutatingAdmissionPolicyBinding"];
+
 fn apply(yaml: &str) -> Vec<Value> {
-    for extra in [&["--dry-run=server"][..], &[]] {
+    let all = parse_yaml(yaml);
+    let (policy, rest): (Vec<Value>, Vec<Value>) = all
+        .into_iter()
+        .partition(|o| DRY_RUN_ONLY.contains(&o["kind"].as_str().unwrap_or_default()));
+    let list =
+        |items: &[Value]| json!({"apiVersion": "v1", "kind": "List", "items": items}).to_string();
+    let server_side = |items: &[Value], dry_run: bool| -> Vec<Value> {
+        if items.is_empty() {
+            return Vec::new();
+        }
         let mut args = vec![
             "apply",
             "--server-side",
@@ -462,18 +496,21 @@ fn apply(yaml: &str) -> Vec<Value> {
             "-o",
             "json",
         ];
-        args.extend_from_slice(extra);
-        args.extend(["-f", "-"]);
-        let out = kubectl_with_stdin(&args, yaml);
-        if extra.is_empty() {
-            let applied: Value = serde_json::from_str(&out).expect("JSON");
-            return match applied["items"].as_array() {
-                Some(items) => items.clone(),
-                None => vec![applied],
-            };
+        if dry_run {
+            args.push("--dry-run=server");
         }
-    }
-    unreachable!()
+        args.extend(["-f", "-"]);
+        let out = kubectl_with_stdin(&args, &list(items));
+        let applied: Value = serde_json::from_str(&out).expect("JSON");
+        match applied["items"].as_array() {
+            Some(items) => items.clone(),
+            None => vec![applied],
+        }
+    };
+    server_side(&rest, true);
+    let mut applied = server_side(&policy, true);
+    applied.extend(server_side(&rest, false));
+    applied
 }
 
 fn delete(yaml: &str) {
@@ -604,6 +641,7 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
             .map(|o| o["kind"].as_str().unwrap())
             .collect();
 
+        let placement = kinds.contains("MutatingAdmissionPolicy");
         let (watch, annotate, leader) = match variant.name {
             "annotate" => (None, true, true),
             "watch" => (Some(watched.as_str()), false, true),
@@ -614,7 +652,7 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
         if variant.name == "norbac" {
             // Nothing granted: every need is refused (the positive control is the default variant).
             assert!(!kinds.contains("ClusterRole") && !kinds.contains("Role"));
-            let needs = expected(&env.namespace, fullname, None, false, true);
+            let needs = expected(&env.namespace, fullname, None, false, true, false);
             for a in &needs.needed {
                 assert!(
                     !allowed(&env.client, &env.namespace, &sa, a).await,
@@ -626,7 +664,7 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
                 &env.client,
                 &env.namespace,
                 &sa,
-                &expected(&env.namespace, fullname, watch, annotate, leader),
+                &expected(&env.namespace, fullname, watch, annotate, leader, placement),
             )
             .await;
             assert!(
@@ -730,7 +768,7 @@ async fn bad_values_fail_at_helm_install_and_create_nothing() {
         ),
         ("imagePullSecrets=[\"regcred\"]", "/imagePullSecrets"),
         ("typo=1", "additional properties 'typo'"),
-        ("placement.enabled=true", "placement is not implemented"),
+        ("placement.enabled=\"yes\"", "/placement/enabled"),
         (
             "leaderElection.enabled=false",
             "needs leaderElection.enabled",
@@ -819,6 +857,8 @@ async fn helm_install_runs_upgrade_changes_rbac_and_args_uninstall_leaves_nothin
     let ns = format!("{}-sys", env.prefix);
     let fullname = format!("{release}-osbuild-controller");
 
+    // Placement off: its admission policy would gate the Windows pods of the tests running beside this one
+    // on the shared control plane (the chart's policy is dry-run in every_switch_applies_server_side...).
     helm_ok(&[
         "install",
         &release,
@@ -826,6 +866,8 @@ async fn helm_install_runs_upgrade_changes_rbac_and_args_uninstall_leaves_nothin
         "--namespace",
         &ns,
         "--create-namespace",
+        "--set",
+        "placement.enabled=false",
     ]);
     let status: Value = serde_json::from_str(&helm_ok(&[
         "status",

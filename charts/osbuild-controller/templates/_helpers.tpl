@@ -64,9 +64,6 @@ helm.sh/chart: {{ include "osbuild-controller.chart" . }}
 
 {{/* Refuse what this version cannot do, with the reason, instead of silently ignoring it. */}}
 {{- define "osbuild-controller.validate" -}}
-{{- if .Values.placement.enabled }}
-{{- fail "placement.enabled: placement is not implemented in this chart version yet; leave it false" }}
-{{- end }}
 {{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled: without it every replica would write" }}
 {{- end }}
