@@ -474,16 +474,32 @@ async fn mismatch_unlabelled_node_and_absent_controller_fire_and_resolve() {
         .await;
 
     // A stopped controller: nothing of the job is up.
+    // A stopped controller: its target is down (the replica alert, by instance) and nothing of the job is
+    // up (the absent alert). Both go pending at the same evaluation, so both are watched at once.
+    let old = controller.metrics_addr.clone();
     controller.kill();
     let job = [("job", "osbuild-controller")];
-    prometheus
-        .wait_pending_then_firing("OSBuildControllerAbsent", &job)
-        .await;
+    let replica = [("instance", old.as_str())];
+    tokio::join!(
+        prometheus.wait_pending_then_firing("OSBuildControllerAbsent", &job),
+        prometheus.wait_pending_then_firing("OSBuildControllerReplicaDown", &replica),
+    );
+    // Recovery: a new process (as a Deployment would start) takes the old one's place as the target.
     let again = Controller::start(&env, &[]).await;
     prometheus.set_targets(&[&again.metrics_addr]);
-    prometheus
-        .wait_resolved("OSBuildControllerAbsent", &job)
-        .await;
+    tokio::join!(
+        prometheus.wait_resolved("OSBuildControllerAbsent", &job),
+        prometheus.wait_resolved("OSBuildControllerReplicaDown", &replica),
+    );
+
+    // Every rule evaluated without error all along (a PromQL error at run time, such as a many-to-many
+    // match, would show here and never fire).
+    let rules = prometheus.api("/api/v1/rules").await;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+        }
+    }
     drop(again);
     env.cleanup().await;
 }
