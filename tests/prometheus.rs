@@ -504,6 +504,86 @@ async fn mismatch_unlabelled_node_and_absent_controller_fire_and_resolve() {
     env.cleanup().await;
 }
 
+/// The node label every Windows node gets (DOMAIN.md).
+const OSBUILD: &str = "beta.kubernetes.io/osbuild";
+
+#[tokio::test]
+async fn no_leader_then_label_conflict_fire_and_resolve() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams};
+    let env = TestEnv::new("prom-leader").await;
+    let node = env.create_windows_node("win", "10.0.17763.3887").await;
+    // Someone labelled the node by hand, with another value, before the controller ran.
+    env.nodes()
+        .patch(
+            &node,
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Node",
+                                  "metadata": {"name": node, "labels": {OSBUILD: "wrong"}}})),
+        )
+        .await
+        .unwrap();
+    // And another identity holds the controller's Lease for an hour: our replica runs but does not lead.
+    let lease_name = format!("{}-lease", env.prefix);
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": lease_name},
+        "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 3600,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z"}
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let controller = Controller::start(
+        &env,
+        &[
+            "--leader-elect",
+            "--lease-name",
+            &lease_name,
+            "--lease-namespace",
+            &env.namespace,
+            "--lease-duration",
+            "3s",
+        ],
+    )
+    .await;
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&controller.metrics_addr]);
+    wait_scraped(&prometheus, &controller.metrics_addr).await;
+
+    prometheus
+        .wait_pending_then_firing("OSBuildControllerNoLeader", &[])
+        .await;
+    // The other holder goes away: our replica takes the Lease.
+    leases
+        .delete(&lease_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    prometheus
+        .wait_resolved("OSBuildControllerNoLeader", &[])
+        .await;
+
+    // As the leader it applies its labels and meets the other field manager's value: a conflict.
+    let job = [("job", "osbuild-controller")];
+    prometheus
+        .wait_pending_then_firing("OSBuildNodeLabelConflict", &job)
+        .await;
+    // The other manager gives the label up; the controller sets it and the conflict is over.
+    env.nodes()
+        .patch(
+            &node,
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})),
+        )
+        .await
+        .unwrap();
+    prometheus
+        .wait_resolved("OSBuildNodeLabelConflict", &job)
+        .await;
+    env.wait_label(&node, OSBUILD, "17763").await;
+    drop(controller);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn broken_watch_fires_watch_down_until_rbac_is_granted() {
     let env = TestEnv::new("prom-watch").await;
