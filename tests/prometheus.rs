@@ -634,6 +634,14 @@ async fn broken_watch_fires_watch_down_until_rbac_is_granted() {
         (!prometheus.query(q).await.is_empty()).then_some(())
     })
     .await;
+    // The reconcile-errors alert fires on them. (It would resolve only once its 5-minute increase() window
+    // has no error in it; the test shortens `for:` only, not windows, so it does not wait for that.)
+    prometheus
+        .wait_pending_then_firing(
+            "OSBuildControllerReconcileErrors",
+            &[("controller", "node-controller"), ("category", "forbidden")],
+        )
+        .await;
     dashboard::check_and_draw(&prometheus, started, dashboard::WATCH).await;
     let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
     let _ = roles.delete(&role_name, &DeleteParams::default()).await;
