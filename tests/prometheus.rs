@@ -1,0 +1,876 @@
+//! The shipped Prometheus objects and alerts, end to end, on the real control plane:
+//! - the Prometheus Operator's CRDs (tests/helm/crds.sh, from the operator's Go types) are applied and the
+//!   API server validates our ServiceMonitor and PrometheusRule (manifests/prometheus) against them;
+//! - a real Prometheus server (Debian's package, scripts/prometheus-bin) scrapes the real controller's
+//!   /metrics and loads the rules extracted from our PrometheusRule (manifests/prometheus/extract-rules.sh,
+//!   as a Prometheus without the Operator gets them). Only the test's copy of the rules gets a short `for:`;
+//!   alert states are read from Prometheus' HTTP API (/api/v1/alerts): pending, then firing, then resolved.
+//! - every panel query of dashboards/osbuild-controller.json returns series in the scenario that feeds it,
+//!   and its data is drawn to docs/dashboard/<panel>.png.
+//!
+//! Fails, never skips, when Prometheus cannot be had.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
+mod support;
+
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use support::{Controller, TestEnv, eventually, free_port, http_get, kubectl_with_stdin};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+/// The `for:` of every alert in the test's copy of the rules (the shipped file says minutes). Long enough
+/// against the 1s evaluation interval that the pending state is seen by a poller.
+const TEST_FOR: &str = "5s";
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs a script of ours and returns the path on its last stdout line; the test fails if it cannot.
+fn built_by(script: &str, args: &[&str]) -> PathBuf {
+    let out = Command::new(repo(script))
+        .args(args)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let path = PathBuf::from(stdout.lines().last().unwrap_or_default());
+    assert!(
+        out.status.success() && path.exists(),
+        "{script} {args:?} failed ({:?}); these tests need it and never skip",
+        out.status.code()
+    );
+    path
+}
+
+// ---------------------------------------------------------------- part 1: the objects, validated
+
+fn kubectl_result(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new(support::kubectl())
+        .args(args)
+        .env("KUBECONFIG", support::kubeconfig())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+fn ensure_monitoring_crds() {
+    let dir = built_by("tests/helm/crds.sh", &[]);
+    let mut yaml = String::new();
+    for name in [
+        "monitoring.coreos.com_servicemonitors.yaml",
+        "monitoring.coreos.com_prometheusrules.yaml",
+    ] {
+        yaml += &std::fs::read_to_string(dir.join(name)).expect("CRD file");
+        yaml += "\n---\n";
+    }
+    kubectl_with_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=osbuild-prometheus-test",
+            "-f",
+            "-",
+        ],
+        &yaml,
+    );
+    for crd in ["servicemonitors", "prometheusrules"] {
+        kubectl_with_stdin(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                &format!("crd/{crd}.monitoring.coreos.com"),
+            ],
+            "",
+        );
+    }
+}
+
+/// `kubectl kustomize manifests/prometheus`, moved into `namespace`.
+fn our_prometheus_objects(namespace: &str) -> Vec<Value> {
+    let dir = repo("manifests/prometheus");
+    let text = kubectl_with_stdin(&["kustomize", dir.to_str().unwrap()], "");
+    serde_norway::Deserializer::from_str(&text)
+        .map(|doc| Value::deserialize(doc).expect("kustomize prints valid YAML"))
+        .filter(|v| !v.is_null())
+        .map(|mut o| {
+            o["metadata"]["namespace"] = json!(namespace);
+            o
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn crds_validate_and_accept_our_servicemonitor_and_prometheusrule() {
+    let env = TestEnv::new("prom-crds").await;
+    ensure_monitoring_crds();
+    let objects = our_prometheus_objects(&env.namespace);
+    let kinds: Vec<&str> = objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.len(), 2, "{kinds:?}");
+
+    // Positive control first: the API server checks the CRD schema, so a PrometheusRule with a `for:`
+    // that is no Prometheus duration is refused.
+    let rule = objects
+        .iter()
+        .find(|o| o["kind"] == "PrometheusRule")
+        .unwrap();
+    let mut broken = rule.clone();
+    broken["metadata"]["name"] = json!("broken");
+    broken["spec"]["groups"][0]["rules"][0]["for"] = json!("five minutes");
+    let (ok, text) = kubectl_result(&["apply", "--server-side", "-f", "-"], &broken.to_string());
+    assert!(
+        !ok,
+        "a PrometheusRule with for: \"five minutes\" was accepted: {text}"
+    );
+    assert!(text.contains("spec.groups[0].rules[0].for"), "{text}");
+
+    for object in &objects {
+        let kind = object["kind"].as_str().unwrap();
+        let applied: Value = serde_json::from_str(&kubectl_with_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=osbuild-prometheus-test",
+                "-o",
+                "json",
+                "-f",
+                "-",
+            ],
+            &object.to_string(),
+        ))
+        .unwrap();
+        // What the API server stored (after pruning unknown fields) is what we shipped.
+        assert_eq!(applied["spec"], object["spec"], "{kind} spec as stored");
+    }
+    let alerts = rule["spec"]["groups"][0]["rules"].as_array().unwrap().len();
+    assert!(alerts >= 8, "{alerts} alerts");
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------- part 2: a real Prometheus
+
+/// A Prometheus server of the test's own, on loopback, scraping the targets the test names (file_sd, so
+/// a restarted controller on a new port is found; the job is "osbuild-controller" as the Service's
+/// ServiceMonitor would name it), evaluating the test's copy of our rules every second.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+/// Our rules as extract-rules.sh gives them to a Prometheus without the Operator, with every `for:`
+/// shortened to TEST_FOR. Returns (rules file, number of alerts).
+fn test_rules() -> (String, usize) {
+    let out = Command::new(repo("manifests/prometheus/extract-rules.sh"))
+        .arg(repo("manifests/prometheus/prometheusrule.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shipped = String::from_utf8(out.stdout).unwrap();
+    let mut rewritten = 0;
+    let rules: Vec<String> = shipped
+        .lines()
+        .map(|line| {
+            let body = line.trim_start();
+            if body.starts_with("for: ") {
+                rewritten += 1;
+                format!("{}for: {TEST_FOR}", &line[..line.len() - body.len()])
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    let alerts = shipped
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- alert: "))
+        .count();
+    assert_eq!(rewritten, alerts, "one for: per alert");
+    (rules.join("\n") + "\n", alerts)
+}
+
+impl Prometheus {
+    async fn start(name: &str) -> Self {
+        let bin = built_by("scripts/prometheus-bin", &["prometheus"]);
+        let addr = format!("127.0.0.1:{}", free_port());
+        let dir = std::env::temp_dir().join(format!("osbuild-prometheus-{name}-{}", free_port()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (rules, alerts) = test_rules();
+        std::fs::write(dir.join("rules.yaml"), rules).unwrap();
+        std::fs::write(dir.join("targets.json"), "[]").unwrap();
+        std::fs::write(
+            dir.join("prometheus.yml"),
+            format!(
+                "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
+                 rule_files: [{rules}]\n\
+                 scrape_configs:\n\
+                 - job_name: osbuild-controller\n\
+                 \x20 honor_labels: true\n\
+                 \x20 file_sd_configs: [{{files: [{targets}], refresh_interval: 1s}}]\n",
+                rules = dir.join("rules.yaml").display(),
+                targets = dir.join("targets.json").display(),
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new(&bin)
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let prometheus = Self { child, addr, dir };
+        let loaded = eventually("Prometheus ready with our rules", TIMEOUT, || async {
+            let (status, _) = http_get(&prometheus.addr, "/-/ready").await.ok()?;
+            if status != 200 {
+                return None;
+            }
+            let rules = prometheus.api("/api/v1/rules?type=alert").await;
+            let n = rules["data"]["groups"]
+                .as_array()?
+                .iter()
+                .map(|g| g["rules"].as_array().map_or(0, Vec::len))
+                .sum::<usize>();
+            (n > 0).then_some(n)
+        })
+        .await;
+        assert_eq!(
+            loaded, alerts,
+            "every alert of the PrometheusRule is loaded"
+        );
+        prometheus
+    }
+
+    /// Points the scrape job at these controllers (written atomically; file_sd picks it up).
+    fn set_targets(&self, addrs: &[&str]) {
+        let tmp = self.dir.join("targets.json.tmp");
+        std::fs::write(&tmp, json!([{"targets": addrs}]).to_string()).unwrap();
+        std::fs::rename(tmp, self.dir.join("targets.json")).unwrap();
+    }
+
+    async fn api(&self, path: &str) -> Value {
+        let (status, body) = http_get(&self.addr, path)
+            .await
+            .unwrap_or_else(|e| panic!("Prometheus {path}: {e}\n{}", self.log()));
+        let value: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("Prometheus {path}: {status} {e}: {body}"));
+        assert_eq!(value["status"], "success", "{path}: {body}");
+        value
+    }
+
+    async fn query(&self, promql: &str) -> Vec<Value> {
+        let q: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let answer = self.api(&format!("/api/v1/query?query={q}")).await;
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    async fn query_range(&self, promql: &str, start: f64, end: f64) -> Vec<Value> {
+        let q: String = form_urlencoded::byte_serialize(promql.as_bytes()).collect();
+        let answer = self
+            .api(&format!(
+                "/api/v1/query_range?query={q}&start={start:.3}&end={end:.3}&step=1"
+            ))
+            .await;
+        answer["data"]["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// The state ("pending", "firing") of the alert whose labels include `labels`, if it is active.
+    async fn alert_state(&self, name: &str, labels: &[(&str, &str)]) -> Option<String> {
+        let answer = self.api("/api/v1/alerts").await;
+        answer["data"]["alerts"]
+            .as_array()?
+            .iter()
+            .find(|a| {
+                a["labels"]["alertname"] == name
+                    && labels.iter().all(|(k, v)| a["labels"][*k] == *v)
+            })
+            .and_then(|a| a["state"].as_str().map(str::to_owned))
+    }
+
+    /// Waits until the alert fires, and asserts it was pending before (the `for:` is honoured).
+    async fn wait_pending_then_firing(&self, name: &str, labels: &[(&str, &str)]) {
+        let mut seen = Vec::new();
+        let polled = tokio::time::timeout(TIMEOUT, async {
+            loop {
+                let state = self.alert_state(name, labels).await;
+                if let Some(state) = state {
+                    if seen.last() != Some(&state) {
+                        seen.push(state.clone());
+                    }
+                    if state == "firing" {
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(
+            polled.is_ok(),
+            "{name} {labels:?} did not fire; states seen {seen:?}; alerts: {}\nPrometheus log:\n{}",
+            self.api("/api/v1/alerts").await,
+            self.log()
+        );
+        assert_eq!(seen, ["pending", "firing"], "{name} {labels:?}");
+    }
+
+    /// Waits until the (firing) alert is no longer active: resolved.
+    async fn wait_resolved(&self, name: &str, labels: &[(&str, &str)]) {
+        assert_eq!(
+            self.alert_state(name, labels).await.as_deref(),
+            Some("firing"),
+            "{name} fires before it can resolve"
+        );
+        eventually(&format!("{name} {labels:?} resolved"), TIMEOUT, || async {
+            self.alert_state(name, labels).await.is_none().then_some(())
+        })
+        .await;
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("prometheus.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The real mismatch message of hcsshim's 0xc0370101 (its source URL is in tests/data/error_messages.json).
+fn real_mismatch_message() -> String {
+    let cases: Vec<Value> = serde_json::from_str(include_str!("data/error_messages.json")).unwrap();
+    let case = cases
+        .into_iter()
+        .find(|c| c["os_mismatch"] == true && c["variant"] == "hcs-0xc0370101")
+        .expect("a real hcs-0xc0370101 message");
+    assert!(case["source"].as_str().unwrap().starts_with("https://"));
+    case["message"].as_str().unwrap().to_owned()
+}
+
+fn crash_loop(image: &str, message: &str) -> Value {
+    json!({"containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": false, "restartCount": 3,
+        "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+        "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": message,
+                                     "startedAt": "2026-11-23T00:00:00Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]})
+}
+
+fn running(image: &str) -> Value {
+    json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": true,
+        "restartCount": 3, "state": {"running": {"startedAt": "2026-11-23T01:00:00Z"}}}]})
+}
+
+async fn wait_scraped(prometheus: &Prometheus, addr: &str) {
+    let query = format!(r#"up{{job="osbuild-controller",instance="{addr}"}} == 1"#);
+    eventually(&format!("Prometheus scrapes {addr}"), TIMEOUT, || async {
+        (!prometheus.query(&query).await.is_empty()).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn mismatch_unlabelled_node_and_absent_controller_fire_and_resolve() {
+    let env = TestEnv::new("prom-alerts").await;
+    // Kernel versions: the WS2016 form from kubernetes/kubernetes#50396-era kubelets (tests/nodes.rs), and
+    // a kubelet 1.9.1 GetVersion bug's value (acs-engine#2094), which cannot be read.
+    let node = env
+        .create_windows_node(
+            "ws2016",
+            "10.0 14393 (14393.1715.amd64fre.rs1_release_inmarket.170906-1810)",
+        )
+        .await;
+    let bad = env.create_windows_node("bad", "6.2.09200.192").await;
+    env.create_windows_node("ws2022", "10.0.20348.2227").await;
+    let controller = Controller::start(&env, &[]).await;
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&controller.metrics_addr]);
+    wait_scraped(&prometheus, &controller.metrics_addr).await;
+    let started = unix_now();
+
+    // An unlabelled node.
+    let unparseable = [("reason", "unparseable")];
+    prometheus
+        .wait_pending_then_firing("OSBuildNodesUnlabelled", &unparseable)
+        .await;
+
+    // A pod flagged with the mismatch.
+    let image = "microsoft/windowsservercore:10.0.14393.1944";
+    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": "web"},
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": image}]}
+    }))
+    .unwrap();
+    env.pods()
+        .create(&PostParams::default(), &pod)
+        .await
+        .unwrap();
+    env.set_pod_status("web", crash_loop(image, &real_mismatch_message()))
+        .await;
+    let mismatch = [
+        ("namespace", env.namespace.as_str()),
+        ("pod", "web"),
+        ("container", "app"),
+        ("node", node.as_str()),
+    ];
+    prometheus
+        .wait_pending_then_firing("OSBuildPodOSMismatch", &mismatch)
+        .await;
+
+    dashboard::check_and_draw(&prometheus, started, dashboard::MAIN).await;
+
+    // Recovery resolves each.
+    env.set_pod_status("web", running(image)).await;
+    prometheus
+        .wait_resolved("OSBuildPodOSMismatch", &mismatch)
+        .await;
+    env.set_kernel_version(&bad, "10.0.17763.3887").await;
+    prometheus
+        .wait_resolved("OSBuildNodesUnlabelled", &unparseable)
+        .await;
+
+    // A stopped controller: nothing of the job is up.
+    // A stopped controller: its target is down (the replica alert, by instance) and nothing of the job is
+    // up (the absent alert). Both go pending at the same evaluation, so both are watched at once.
+    let old = controller.metrics_addr.clone();
+    controller.kill();
+    let job = [("job", "osbuild-controller")];
+    let replica = [("instance", old.as_str())];
+    tokio::join!(
+        prometheus.wait_pending_then_firing("OSBuildControllerAbsent", &job),
+        prometheus.wait_pending_then_firing("OSBuildControllerReplicaDown", &replica),
+    );
+    // Recovery: a new process (as a Deployment would start) takes the old one's place as the target.
+    let again = Controller::start(&env, &[]).await;
+    prometheus.set_targets(&[&again.metrics_addr]);
+    tokio::join!(
+        prometheus.wait_resolved("OSBuildControllerAbsent", &job),
+        prometheus.wait_resolved("OSBuildControllerReplicaDown", &replica),
+    );
+
+    // Every rule evaluated without error all along (a PromQL error at run time, such as a many-to-many
+    // match, would show here and never fire).
+    let rules = prometheus.api("/api/v1/rules").await;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+        }
+    }
+    drop(again);
+    env.cleanup().await;
+}
+
+/// The node label every Windows node gets (DOMAIN.md).
+const OSBUILD: &str = "beta.kubernetes.io/osbuild";
+
+#[tokio::test]
+async fn no_leader_then_label_conflict_fire_and_resolve() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use kube::api::{Patch, PatchParams};
+    let env = TestEnv::new("prom-leader").await;
+    let node = env.create_windows_node("win", "10.0.17763.3887").await;
+    // Someone labelled the node by hand, with another value, before the controller ran.
+    env.nodes()
+        .patch(
+            &node,
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Node",
+                                  "metadata": {"name": node, "labels": {OSBUILD: "wrong"}}})),
+        )
+        .await
+        .unwrap();
+    // And another identity holds the controller's Lease for an hour: our replica runs but does not lead.
+    let lease_name = format!("{}-lease", env.prefix);
+    let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.namespace);
+    let lease: Lease = serde_json::from_value(json!({
+        "metadata": {"name": lease_name},
+        "spec": {"holderIdentity": "someone-else", "leaseDurationSeconds": 3600,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z", "renewTime": "2026-01-01T00:00:00.000000Z"}
+    }))
+    .unwrap();
+    leases.create(&PostParams::default(), &lease).await.unwrap();
+    let controller = Controller::start(
+        &env,
+        &[
+            "--leader-elect",
+            "--lease-name",
+            &lease_name,
+            "--lease-namespace",
+            &env.namespace,
+            "--lease-duration",
+            "3s",
+        ],
+    )
+    .await;
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&controller.metrics_addr]);
+    wait_scraped(&prometheus, &controller.metrics_addr).await;
+
+    prometheus
+        .wait_pending_then_firing("OSBuildControllerNoLeader", &[])
+        .await;
+    // The other holder goes away: our replica takes the Lease.
+    leases
+        .delete(&lease_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    prometheus
+        .wait_resolved("OSBuildControllerNoLeader", &[])
+        .await;
+
+    // As the leader it applies its labels and meets the other field manager's value: a conflict.
+    let job = [("job", "osbuild-controller")];
+    prometheus
+        .wait_pending_then_firing("OSBuildNodeLabelConflict", &job)
+        .await;
+    // The other manager gives the label up; the controller sets it and the conflict is over.
+    env.nodes()
+        .patch(
+            &node,
+            &PatchParams::apply("someone-else"),
+            &Patch::Apply(&json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})),
+        )
+        .await
+        .unwrap();
+    prometheus
+        .wait_resolved("OSBuildNodeLabelConflict", &job)
+        .await;
+    env.wait_label(&node, OSBUILD, "17763").await;
+    drop(controller);
+    env.cleanup().await;
+}
+
+#[tokio::test]
+async fn broken_watch_fires_watch_down_until_rbac_is_granted() {
+    let env = TestEnv::new("prom-watch").await;
+    let kubeconfig = env.service_account_kubeconfig("no-rights").await;
+    // A Windows node the controller will want to label (with read rights only, the apply is refused).
+    env.create_windows_node("ws2022", "10.0.20348.2227").await;
+    let controller = Controller::spawn_with_kubeconfig(&env, &kubeconfig, &[]);
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&controller.metrics_addr]);
+    wait_scraped(&prometheus, &controller.metrics_addr).await;
+    let started = unix_now();
+
+    let nodes = [("resource", "nodes")];
+    prometheus
+        .wait_pending_then_firing("OSBuildControllerWatchDown", &nodes)
+        .await;
+
+    // Granting the watchers' read permissions heals the watch without a restart.
+    let role_name = format!("{}-read", env.prefix);
+    let role: ClusterRole = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "rules": [
+            {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+            {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
+        ]
+    }))
+    .unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": role_name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+        "subjects": [{"kind": "ServiceAccount", "name": "no-rights", "namespace": env.namespace}]
+    }))
+    .unwrap();
+    let roles: Api<ClusterRole> = Api::all(env.client.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
+    roles.create(&PostParams::default(), &role).await.unwrap();
+    bindings
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    prometheus
+        .wait_resolved("OSBuildControllerWatchDown", &nodes)
+        .await;
+    // Read but not write: the label apply fails as forbidden, which the reconcile-errors panel shows.
+    eventually("a forbidden label apply is counted", TIMEOUT, || async {
+        // Two samples at least, so the panel's rate() has something to work on.
+        let q = r#"count_over_time(osbuild_reconcile_errors_total{controller="node-controller",category="forbidden"}[10s]) > 1"#;
+        (!prometheus.query(q).await.is_empty()).then_some(())
+    })
+    .await;
+    // The reconcile-errors alert fires on them. (It would resolve only once its 5-minute increase() window
+    // has no error in it; the test shortens `for:` only, not windows, so it does not wait for that.)
+    prometheus
+        .wait_pending_then_firing(
+            "OSBuildControllerReconcileErrors",
+            &[("controller", "node-controller"), ("category", "forbidden")],
+        )
+        .await;
+    dashboard::check_and_draw(&prometheus, started, dashboard::WATCH).await;
+    let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
+    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    drop(controller);
+    env.cleanup().await;
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// dashboards/osbuild-controller.json, evaluated against the real Prometheus and drawn.
+mod dashboard {
+    use super::{Prometheus, repo, unix_now};
+    use plotters::prelude::*;
+    use serde_json::Value;
+
+    /// Which end-to-end scenario feeds each panel (by title): the main one (nodes, mismatch, controller) or
+    /// the broken watch (watch errors, and reconcile errors from a controller that may read but not write).
+    pub const MAIN: &[&str] = &[
+        "Windows nodes by build and release",
+        "Unlabelled Windows nodes and why",
+        "Label writes and conflicts",
+        "Pods failing with the OS-version mismatch, by namespace",
+        "Mismatch episodes detected, by namespace",
+        "Node reconcile latency",
+        "Leader and scrape health",
+    ];
+    pub const WATCH: &[&str] = &["Reconcile errors by loop and category", "Watch health"];
+
+    pub fn panels() -> Vec<Value> {
+        let text = std::fs::read_to_string(repo("dashboards/osbuild-controller.json")).unwrap();
+        let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+        dashboard["panels"].as_array().unwrap().clone()
+    }
+
+    /// A Grafana query as Prometheus gets it: the job variable set to our job, Grafana's intervals fixed.
+    pub fn promql(expr: &str) -> String {
+        expr.replace("$job", "osbuild-controller")
+            .replace("$__rate_interval", "10s")
+            .replace("$__range", "10m")
+    }
+
+    /// File name of a panel's PNG: its title, lower case, words joined by dashes.
+    pub fn file_name(title: &str) -> String {
+        let words: Vec<String> = title
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|w| !w.is_empty())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        format!("{}.png", words.join("-"))
+    }
+
+    /// Every query of the named panels returns series now; each panel's data since `since` is drawn to
+    /// docs/dashboard/<panel>.png.
+    pub async fn check_and_draw(prometheus: &Prometheus, since: f64, titles: &[&str]) {
+        let panels = panels();
+        for title in titles {
+            let panel = panels
+                .iter()
+                .find(|p| p["title"] == *title)
+                .unwrap_or_else(|| panic!("no panel {title}"));
+            let mut lines = Vec::new();
+            for target in panel["targets"].as_array().unwrap() {
+                let query = promql(target["expr"].as_str().unwrap());
+                let series = prometheus.query(&query).await;
+                assert!(
+                    !series.is_empty(),
+                    "panel {title:?} query {query} returns no series"
+                );
+                for s in prometheus.query_range(&query, since, unix_now()).await {
+                    let points: Vec<(f64, f64)> = s["values"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .filter_map(|v| {
+                            Some((v[0].as_f64()? - since, v[1].as_str()?.parse().ok()?))
+                        })
+                        .filter(|(_, y): &(f64, f64)| y.is_finite())
+                        .collect();
+                    lines.push(points);
+                }
+            }
+            draw(&repo("docs/dashboard").join(file_name(title)), &lines);
+        }
+    }
+
+    /// The series as lines, one colour each, on a white background with a frame and four grid lines. No
+    /// text: plotters' text needs system fonts; docs/dashboard.md says what each picture shows.
+    fn draw(path: &std::path::Path, lines: &[Vec<(f64, f64)>]) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let all = lines.iter().flatten();
+        let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
+        let y_max = all.clone().map(|p| p.1).fold(0.0, f64::max);
+        let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
+        let root = BitMapBackend::new(path, (640, 240)).into_drawing_area();
+        root.fill(&WHITE).unwrap();
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+            .unwrap();
+        for i in 0..=4 {
+            let y = y_max * f64::from(i) / 4.0;
+            chart
+                .draw_series(LineSeries::new(
+                    [(0.0, y), (x_max, y)],
+                    &RGBColor(220, 220, 220),
+                ))
+                .unwrap();
+        }
+        for x in [0.0, x_max] {
+            chart
+                .draw_series(LineSeries::new(
+                    [(x, 0.0), (x, y_max)],
+                    &RGBColor(160, 160, 160),
+                ))
+                .unwrap();
+        }
+        for (i, points) in lines.iter().enumerate() {
+            let colour = Palette99::pick(i).stroke_width(2);
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour))
+                .unwrap();
+        }
+        root.present().unwrap();
+    }
+
+    #[test]
+    fn every_panel_is_fed_by_a_scenario() {
+        let titles: Vec<String> = panels()
+            .iter()
+            .map(|p| p["title"].as_str().unwrap().to_owned())
+            .collect();
+        let mut fed: Vec<&str> = MAIN.iter().chain(WATCH).copied().collect();
+        fed.sort_unstable();
+        let mut all: Vec<&str> = titles.iter().map(String::as_str).collect();
+        all.sort_unstable();
+        assert_eq!(all, fed);
+        for panel in panels() {
+            let targets = panel["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{}", panel["title"]);
+            for t in targets {
+                assert!(
+                    t["expr"].as_str().unwrap().contains("osbuild_")
+                        || t["expr"].as_str().unwrap().contains("up{")
+                );
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- part 3: the dashboard's ConfigMaps
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_norway::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("valid YAML"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// `kubectl apply -k dashboards` and the chart's `dashboard.enabled=true` give the same ConfigMap, which the
+/// API server accepts, labelled for Grafana's sidecar and holding the dashboard as it is in the repository.
+#[tokio::test]
+async fn dashboard_configmap_is_the_same_in_kustomize_and_helm_and_applies() {
+    let env = TestEnv::new("prom-dashboard").await;
+    let dashboard = std::fs::read_to_string(repo("dashboards/osbuild-controller.json")).unwrap();
+    let dir = repo("dashboards");
+    let kustomized = yaml_documents(&kubectl_with_stdin(
+        &["kustomize", dir.to_str().unwrap()],
+        "",
+    ));
+    assert_eq!(kustomized.len(), 1);
+    let kustomized = &kustomized[0];
+
+    let helm = built_by("tests/helm/build.sh", &[]);
+    let home = std::env::temp_dir().join("osbuild-helm-test-home");
+    let out = Command::new(helm)
+        .args(["template", "osbuild-controller"])
+        .arg(repo("charts/osbuild-controller"))
+        .args([
+            "--namespace",
+            "osbuild-controller",
+            "--set",
+            "dashboard.enabled=true",
+        ])
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = yaml_documents(&String::from_utf8_lossy(&out.stdout));
+    let charted = rendered
+        .iter()
+        .find(|o| o["kind"] == "ConfigMap" && o["data"]["osbuild-controller.json"].is_string())
+        .expect("the chart renders the dashboard ConfigMap");
+
+    for object in [kustomized, charted] {
+        assert_eq!(object["metadata"]["labels"]["grafana_dashboard"], "1");
+        assert_eq!(object["metadata"]["namespace"], "osbuild-controller");
+        let json: Value =
+            serde_json::from_str(object["data"]["osbuild-controller.json"].as_str().unwrap())
+                .unwrap();
+        assert_eq!(json, serde_json::from_str::<Value>(&dashboard).unwrap());
+    }
+    assert_eq!(kustomized["metadata"]["name"], charted["metadata"]["name"]);
+
+    let mut object = kustomized.clone();
+    object["metadata"]["namespace"] = json!(env.namespace);
+    let applied: Value = serde_json::from_str(&kubectl_with_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=osbuild-prometheus-test",
+            "-o",
+            "json",
+            "-f",
+            "-",
+        ],
+        &object.to_string(),
+    ))
+    .unwrap();
+    assert_eq!(applied["data"], kustomized["data"]);
+    env.cleanup().await;
+}
