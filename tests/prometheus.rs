@@ -699,7 +699,8 @@ mod dashboard {
     }
 
     /// Every query of the named panels returns series now; each panel's data since `since` is drawn to
-    /// docs/dashboard/<panel>.png.
+    /// target/dashboard/<panel>.png, or to docs/dashboard/<panel>.png with `OSBUILD_UPDATE_DOCS=1` (so a
+    /// test run leaves the work tree as it found it).
     pub async fn check_and_draw(prometheus: &Prometheus, since: f64, titles: &[&str]) {
         let panels = panels();
         for title in titles {
@@ -728,7 +729,13 @@ mod dashboard {
                     lines.push(points);
                 }
             }
-            draw(&repo("docs/dashboard").join(file_name(title)), &lines);
+            let dir = if std::env::var_os("OSBUILD_UPDATE_DOCS").is_some() {
+                repo("docs/dashboard")
+            } else {
+                repo("target/dashboard")
+            };
+            std::fs::create_dir_all(&dir).expect("the PNG directory");
+            draw(&dir.join(file_name(title)), &lines);
         }
     }
 
