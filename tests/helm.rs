@@ -19,13 +19,16 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use kube::Client;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::{Access, Controller, TestEnv, access, allowed, kubectl_with_stdin};
+use support::{
+    Access, Controller, TestEnv, access, allowed, built_by, ensure_monitoring_crds,
+    kubectl_with_stdin,
+};
 
 const CHART: &str = "charts/osbuild-controller";
 
@@ -33,26 +36,10 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs a build script of ours and returns the path on its last stdout line; the test fails if it cannot.
-fn built_by(script: &str) -> PathBuf {
-    let out = Command::new(repo(script))
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default());
-    assert!(
-        out.status.success() && path.exists(),
-        "{script} failed ({:?}); the chart tests need it and never skip",
-        out.status.code()
-    );
-    path
-}
-
 /// The helm binary (built and cached by version by tests/helm/build.sh).
 fn helm() -> &'static Path {
     static HELM: OnceLock<PathBuf> = OnceLock::new();
-    HELM.get_or_init(|| built_by("tests/helm/build.sh"))
+    HELM.get_or_init(|| built_by("tests/helm/build.sh", &[]))
 }
 
 /// Runs helm against the test control plane; returns (success, stdout, stderr).
@@ -532,41 +519,6 @@ fn assert_binary_takes(args: &[String]) {
         "osbuild-controller {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// The Prometheus Operator's CRDs, made by tests/helm/crds.sh from the operator's Go types.
-fn ensure_monitoring_crds() {
-    let dir = built_by("tests/helm/crds.sh");
-    let mut yaml = String::new();
-    for name in [
-        "monitoring.coreos.com_servicemonitors.yaml",
-        "monitoring.coreos.com_prometheusrules.yaml",
-    ] {
-        yaml += &std::fs::read_to_string(dir.join(name)).expect("CRD file");
-        yaml += "\n---\n";
-    }
-    kubectl_with_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=osbuild-helm-test",
-            "-f",
-            "-",
-        ],
-        &yaml,
-    );
-    for crd in ["servicemonitors", "prometheusrules"] {
-        kubectl_with_stdin(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{crd}.monitoring.coreos.com"),
-            ],
-            "",
-        );
-    }
 }
 
 struct Variant {

@@ -99,28 +99,9 @@ fn wait_for_policy(kubeconfig: &Path) {
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(support::kubectl())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, stdout, stderr) = support::kubectl_on(kubeconfig, args, stdin);
+    assert!(ok, "kubectl {args:?} failed: {stderr}");
+    stdout
 }
 
 async fn client() -> Client {

@@ -22,7 +22,10 @@ use serde_json::{Value, json};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use support::{Controller, TestEnv, eventually, free_port, http_get, kubectl_with_stdin};
+use support::{
+    Controller, TestEnv, built_by, ensure_monitoring_crds, eventually, free_port, http_get,
+    kubectl_with_stdin,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 /// The `for:` of every alert in the test's copy of the rules (the shipped file says minutes). Long enough
@@ -33,80 +36,7 @@ fn repo(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
 }
 
-/// Runs a script of ours and returns the path on its last stdout line; the test fails if it cannot.
-fn built_by(script: &str, args: &[&str]) -> PathBuf {
-    let out = Command::new(repo(script))
-        .args(args)
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let path = PathBuf::from(stdout.lines().last().unwrap_or_default());
-    assert!(
-        out.status.success() && path.exists(),
-        "{script} {args:?} failed ({:?}); these tests need it and never skip",
-        out.status.code()
-    );
-    path
-}
-
 // ---------------------------------------------------------------- part 1: the objects, validated
-
-fn kubectl_result(args: &[&str], stdin: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new(support::kubectl())
-        .args(args)
-        .env("KUBECONFIG", support::kubeconfig())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), text)
-}
-
-fn ensure_monitoring_crds() {
-    let dir = built_by("tests/helm/crds.sh", &[]);
-    let mut yaml = String::new();
-    for name in [
-        "monitoring.coreos.com_servicemonitors.yaml",
-        "monitoring.coreos.com_prometheusrules.yaml",
-    ] {
-        yaml += &std::fs::read_to_string(dir.join(name)).expect("CRD file");
-        yaml += "\n---\n";
-    }
-    kubectl_with_stdin(
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "--field-manager=osbuild-prometheus-test",
-            "-f",
-            "-",
-        ],
-        &yaml,
-    );
-    for crd in ["servicemonitors", "prometheusrules"] {
-        kubectl_with_stdin(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                &format!("crd/{crd}.monitoring.coreos.com"),
-            ],
-            "",
-        );
-    }
-}
 
 /// `kubectl kustomize manifests/prometheus`, moved into `namespace`.
 fn our_prometheus_objects(namespace: &str) -> Vec<Value> {
@@ -880,4 +810,10 @@ async fn dashboard_configmap_is_the_same_in_kustomize_and_helm_and_applies() {
     .unwrap();
     assert_eq!(applied["data"], kustomized["data"]);
     env.cleanup().await;
+}
+
+/// kubectl on the shared control plane: (success, stdout and stderr together).
+fn kubectl_result(args: &[&str], stdin: &str) -> (bool, String) {
+    let (ok, out, err) = support::kubectl_on(support::kubeconfig(), args, stdin);
+    (ok, out + &err)
 }

@@ -123,28 +123,9 @@ pub fn kubectl() -> PathBuf {
 
 /// Runs the built kubectl against the test control plane, feeding `stdin`; returns stdout or fails the test.
 pub fn kubectl_with_stdin(args: &[&str], stdin: &str) -> String {
-    use std::io::Write;
-    let mut child = Command::new(kubectl())
-        .args(args)
-        .env("KUBECONFIG", kubeconfig())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run kubectl");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("write to kubectl");
-    let out = child.wait_with_output().expect("kubectl output");
-    assert!(
-        out.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    let (ok, stdout, stderr) = crate::tools::kubectl_on(kubeconfig(), args, stdin);
+    assert!(ok, "kubectl {args:?} failed: {stderr}");
+    stdout
 }
 
 /// An admin client of the shared control plane; fails the test when the server does not answer.

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod process;
 pub mod rbac;
 pub mod registries;
+pub mod tools;
 pub mod wait;
 
 pub use cluster::{
@@ -38,4 +39,5 @@ pub use process::{
 };
 pub use rbac::{Access, access, allowed};
 pub use registries::{Registries, registries};
+pub use tools::{built_by, ensure_monitoring_crds, kubectl_on};
 pub use wait::{TIMEOUT, consistently, eventually};
