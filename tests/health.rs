@@ -4,9 +4,6 @@
 
 mod support;
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::Api;
-use kube::api::{DeleteParams, PostParams};
 use serde_json::json;
 use std::time::Duration;
 use support::{Controller, TestEnv, eventually};
@@ -104,31 +101,14 @@ async fn missing_rbac_is_loud_counted_and_not_ready_until_granted() {
     );
 
     // Granting the read permissions of both watchers makes it ready without a restart.
-    let role_name = format!("{}-nodes", env.prefix);
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": role_name},
-        "rules": [
+    let role_name = env
+        .grant("nodes", "no-rights", json!([
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
-        ]
-    }))
-    .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": role_name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": "no-rights", "namespace": env.namespace}]
-    }))
-    .unwrap();
-    let roles: Api<ClusterRole> = Api::all(env.client.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
-    roles.create(&PostParams::default(), &role).await.unwrap();
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+        ]))
+        .await;
     controller.wait_ready_within(Duration::from_secs(90)).await;
-    let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
-    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    env.revoke(&role_name).await;
     env.cleanup().await;
 }
 

@@ -14,7 +14,6 @@
 
 mod support;
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::Api;
 use kube::api::{DeleteParams, PostParams};
 use serde::Deserialize;
@@ -532,28 +531,12 @@ async fn broken_watch_fires_watch_down_until_rbac_is_granted() {
         .await;
 
     // Granting the watchers' read permissions heals the watch without a restart.
-    let role_name = format!("{}-read", env.prefix);
-    let role: ClusterRole = serde_json::from_value(json!({
-        "metadata": {"name": role_name},
-        "rules": [
+    let role_name = env
+        .grant("read", "no-rights", json!([
             {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
             {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
-        ]
-    }))
-    .unwrap();
-    let binding: ClusterRoleBinding = serde_json::from_value(json!({
-        "metadata": {"name": role_name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-        "subjects": [{"kind": "ServiceAccount", "name": "no-rights", "namespace": env.namespace}]
-    }))
-    .unwrap();
-    let roles: Api<ClusterRole> = Api::all(env.client.clone());
-    let bindings: Api<ClusterRoleBinding> = Api::all(env.client.clone());
-    roles.create(&PostParams::default(), &role).await.unwrap();
-    bindings
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+        ]))
+        .await;
     prometheus
         .wait_resolved("OSBuildControllerWatchDown", &nodes)
         .await;
@@ -573,8 +556,7 @@ async fn broken_watch_fires_watch_down_until_rbac_is_granted() {
         )
         .await;
     dashboard::check_and_draw(&prometheus, started, dashboard::WATCH).await;
-    let _ = bindings.delete(&role_name, &DeleteParams::default()).await;
-    let _ = roles.delete(&role_name, &DeleteParams::default()).await;
+    env.revoke(&role_name).await;
     drop(controller);
     env.cleanup().await;
 }

@@ -6,9 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
-use kube::api::PostParams;
-use kube::{Api, Client};
+use kube::Client;
 use serde_json::json;
 
 use crate::cluster::{client_from, kubeconfig_from_up, repo_root};
@@ -144,30 +142,15 @@ impl ControlPlane {
     /// A ServiceAccount `name` in the test namespace with the controller's permissions (nodes, pods, events),
     /// and a kubeconfig that authenticates as it with a token from the TokenRequest API.
     pub async fn service_account_kubeconfig(&self, env: &TestEnv, name: &str) -> PathBuf {
-        let client = &env.client;
-        let role = format!("{}-{name}", env.prefix);
-        let cluster_role: ClusterRole = serde_json::from_value(json!({
-            "metadata": {"name": role},
-            "rules": [
+        env.grant(
+            name,
+            name,
+            json!([
                 {"apiGroups": [""], "resources": ["nodes", "pods"], "verbs": ["get", "list", "watch", "patch"]},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
-            ],
-        }))
-        .unwrap();
-        Api::<ClusterRole>::all(client.clone())
-            .create(&PostParams::default(), &cluster_role)
-            .await
-            .expect("create cluster role");
-        let binding: ClusterRoleBinding = serde_json::from_value(json!({
-            "metadata": {"name": role},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": env.namespace}],
-        }))
-        .unwrap();
-        Api::<ClusterRoleBinding>::all(client.clone())
-            .create(&PostParams::default(), &binding)
-            .await
-            .expect("create cluster role binding");
+            ]),
+        )
+        .await;
         env.service_account_kubeconfig_on(&self.kubeconfig, name)
             .await
     }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
@@ -214,6 +215,39 @@ impl TestEnv {
         let path = std::env::temp_dir().join(format!("{}-{name}.kubeconfig", self.prefix));
         token_kubeconfig(&self.client, admin, &self.namespace, name, &path).await;
         path
+    }
+
+    /// Grants the ServiceAccount `account` of this test's namespace the cluster-wide `rules` (RBAC rules as
+    /// JSON) through a ClusterRole and binding named `<prefix>-<name>`; returns that name, for [`Self::revoke`].
+    pub async fn grant(&self, name: &str, account: &str, rules: serde_json::Value) -> String {
+        let role = format!("{}-{name}", self.prefix);
+        let cluster_role: ClusterRole =
+            serde_json::from_value(json!({"metadata": {"name": role}, "rules": rules})).unwrap();
+        Api::<ClusterRole>::all(self.client.clone())
+            .create(&PostParams::default(), &cluster_role)
+            .await
+            .expect("create cluster role");
+        let binding: ClusterRoleBinding = serde_json::from_value(json!({
+            "metadata": {"name": role},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [{"kind": "ServiceAccount", "name": account, "namespace": self.namespace}],
+        }))
+        .unwrap();
+        Api::<ClusterRoleBinding>::all(self.client.clone())
+            .create(&PostParams::default(), &binding)
+            .await
+            .expect("create cluster role binding");
+        role
+    }
+
+    /// Removes what [`Self::grant`] made; best effort.
+    pub async fn revoke(&self, role: &str) {
+        let _ = Api::<ClusterRoleBinding>::all(self.client.clone())
+            .delete(role, &DeleteParams::default())
+            .await;
+        let _ = Api::<ClusterRole>::all(self.client.clone())
+            .delete(role, &DeleteParams::default())
+            .await;
     }
 
     /// Deletes this test's nodes and namespace; best effort, for runs against a kept control plane.
