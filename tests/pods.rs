@@ -144,12 +144,14 @@ async fn docker_era_container_cannot_run_is_flagged_with_its_remediation() {
     ] {
         assert!(note.contains(part), "event note lacks {part:?}: {note}");
     }
-    let pod = env.pods().get("web").await.unwrap();
-    let annotation = pod
-        .annotations()
-        .get("osbuild-controller.io/os-mismatch")
-        .cloned()
-        .unwrap_or_default();
+    // The annotation is written after the Event: wait for it rather than racing it.
+    let annotation = eventually("the os-mismatch annotation on the pod", TIMEOUT, || async {
+        let pod = env.pods().get("web").await.ok()?;
+        pod.annotations()
+            .get("osbuild-controller.io/os-mismatch")
+            .cloned()
+    })
+    .await;
     let findings: Value = serde_json::from_str(&annotation).expect("annotation is JSON");
     assert_eq!(findings[0]["container"], "app");
     assert_eq!(findings[0]["variant"], "hcs-0xc0370101");
