@@ -2,6 +2,9 @@
 # Build (or reuse) the test control-plane binaries:
 #   kube-apiserver, kube-scheduler, kubectl  (k8s.io/kubernetes, ./go.mod)
 #   etcd                                     (go.etcd.io/etcd/server/v3, ./etcd/go.mod)
+# and, with --kwok (or OSBUILD_CONTROL_PLANE_KWOK=1), for the control plane whose Deployments really run:
+#   kube-controller-manager                  (k8s.io/kubernetes, ./go.mod)
+#   kwok-<v>/kwok                            (sigs.k8s.io/kwok, ./kwok/go.mod)
 #
 # Binaries are cached outside the repository, keyed by version:
 #   ${OSBUILD_CACHE_DIR:-$HOME/.cache/osbuild-controller}/control-plane/k8s-<v>-etcd-<v>/
@@ -10,18 +13,22 @@
 # never leaves a half-written binary behind.
 #
 # Progress goes to stderr; the last line on stdout is the binary directory.
-# Usage: tests/control-plane/build.sh [--force]
+# Usage: tests/control-plane/build.sh [--force] [--kwok]
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=versions.env
 . "$here/versions.env"
 
 force=
-case "${1:-}" in
-  --force) force=1 ;;
-  "") ;;
-  *) echo "usage: $0 [--force]" >&2; exit 2 ;;
-esac
+kwok=${OSBUILD_CONTROL_PLANE_KWOK:-}
+[ "$kwok" = 0 ] && kwok=
+for arg in "$@"; do
+  case "$arg" in
+    --force) force=1 ;;
+    --kwok) kwok=1 ;;
+    *) echo "usage: $0 [--force] [--kwok]" >&2; exit 2 ;;
+  esac
+done
 
 cache_root=${OSBUILD_CACHE_DIR:-$HOME/.cache/osbuild-controller}
 bindir="$cache_root/control-plane/k8s-$K8S_VERSION-etcd-$ETCD_VERSION"
@@ -34,6 +41,11 @@ all_present() {
   for b in kube-apiserver kube-scheduler kubectl etcd; do
     [ -x "$bindir/$b" ] || return 1
   done
+  if [ -n "$kwok" ]; then
+    [ -x "$bindir/kube-controller-manager" ] && [ -x "$bindir/kwok-$KWOK_VERSION/kwok" ] \
+      && [ -s "$bindir/kwok-$KWOK_VERSION/stages.yaml" ] || return 1
+  fi
+  return 0
 }
 
 if [ -z "$force" ] && all_present; then
@@ -55,7 +67,7 @@ export CGO_ENABLED=0
 export GOFLAGS="-mod=readonly -buildvcs=false"
 command -v go >/dev/null || { echo "go not found in PATH" >&2; exit 1; }
 # leftovers of a build that was killed hard (SIGKILL): never used, just removed
-rm -f "$bindir"/.*.tmp.*
+rm -f "$bindir"/.*.tmp.* "$bindir"/kwok-*/.*.tmp.*
 log "$(go version); GOMODCACHE=$(go env GOMODCACHE) GOCACHE=$(go env GOCACHE)"
 
 # What hack/lib/version.sh stamps into a release build (k8s.io/component-base/version
@@ -78,14 +90,16 @@ k8s_ldflags() {
   printf '%s' "$flags"
 }
 
-# build NAME MODULE_DIR PACKAGE LDFLAGS VERSION_CMD...
+# build NAME MODULE_DIR PACKAGE LDFLAGS VERSION_CMD...   (NAME may be a path under $bindir: kwok-<v>/kwok)
 build() {
   local name=$1 moddir=$2 pkg=$3 ldflags=$4; shift 4
   if [ -z "$force" ] && [ -x "$bindir/$name" ]; then
     log "$name: cached"
     return
   fi
-  local tmp="$bindir/.$name.tmp.$$"
+  mkdir -p "$(dirname "$bindir/$name")"
+  local tmp
+  tmp="$(dirname "$bindir/$name")/.$(basename "$name").tmp.$$"
   rm -f "$tmp"
   log "$name: building $pkg"
   local start=$SECONDS
@@ -121,8 +135,29 @@ build kube-scheduler "$here" k8s.io/kubernetes/cmd/kube-scheduler "$kflags" --ve
 build kubectl "$here" k8s.io/kubernetes/cmd/kubectl "$kflags" version --client
 build etcd "$here/etcd" go.etcd.io/etcd/server/v3 \
   "-s -w -X 'go.etcd.io/etcd/api/v3/version.GitSHA=$ETCD_VERSION-module'" --version
+if [ -n "$kwok" ]; then
+  build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$kflags" --version
+  build "kwok-$KWOK_VERSION/kwok" "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w" --version
+  # The kwok binary simulates nothing until it is given Stages. These are the ones kwokctl starts it with
+  # (kwok's pkg/kwokctl/runtime/cluster.go): nodes become Ready (keeping the nodeInfo they were created with)
+  # and renew a Lease; pods become Running and Ready, Job pods complete, deleted pods go away. They are read
+  # from the module this build used, so they always match the binary.
+  stages="$bindir/kwok-$KWOK_VERSION/stages.yaml"
+  if [ -n "$force" ] || [ ! -s "$stages" ]; then
+    kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+    {
+      for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
+               pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+        echo "---"
+        cat "$kwok_dir/kustomize/stage/$f.yaml"
+      done
+    } > "$stages.tmp.$$"
+    mv -f "$stages.tmp.$$" "$stages"
+    log "kwok stages: $stages"
+  fi
+fi
 {
-  echo "k8s=$K8S_VERSION etcd=$ETCD_VERSION"
+  echo "k8s=$K8S_VERSION etcd=$ETCD_VERSION${kwok:+ kwok=$KWOK_VERSION}"
   go version
 } > "$bindir/BUILDINFO"
 log "all binaries ready in $bindir ($((SECONDS - total))s)"
