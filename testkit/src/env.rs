@@ -65,10 +65,15 @@ impl TestEnv {
             .expect("create namespace");
         let sa: ServiceAccount =
             serde_json::from_value(json!({"metadata": {"name": "default"}})).unwrap();
-        Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        // On a control plane with kube-controller-manager (tests/deployment.rs) it may have made it first.
+        match Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
             .create(&PostParams::default(), &sa)
             .await
-            .expect("create default service account");
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(err) => panic!("create default service account: {err}"),
+        }
         Self {
             client,
             prefix,

@@ -138,16 +138,18 @@ build etcd "$here/etcd" go.etcd.io/etcd/server/v3 \
 if [ -n "$kwok" ]; then
   build kube-controller-manager "$here" k8s.io/kubernetes/cmd/kube-controller-manager "$kflags" --version
   build "kwok-$KWOK_VERSION/kwok" "$here/kwok" sigs.k8s.io/kwok/cmd/kwok "-s -w" --version
-  # The kwok binary simulates nothing until it is given Stages. These are the ones kwokctl starts it with
-  # (kwok's pkg/kwokctl/runtime/cluster.go): nodes become Ready (keeping the nodeInfo they were created with)
-  # and renew a Lease; pods become Running and Ready, Job pods complete, deleted pods go away. They are read
-  # from the module this build used, so they always match the binary.
+  # The kwok binary simulates nothing until it is given Stages. These are those kwokctl starts it with
+  # (kwok's pkg/kwokctl/runtime/cluster.go) but pod-complete: nodes become Ready (keeping the nodeInfo they
+  # were created with) and renew a Lease; pods become Running and Ready; deleted pods go away. A Job's pod
+  # stays Running, as nothing runs in it: a test that needs a Job's work done runs it and sets the pod's
+  # phase itself (tests/deployment.rs, the Helm uninstall hook). Read from the module this build used, so
+  # they always match the binary.
   stages="$bindir/kwok-$KWOK_VERSION/stages.yaml"
   if [ -n "$force" ] || [ ! -s "$stages" ]; then
     kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
     {
       for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
-               pod/fast/pod-ready pod/fast/pod-complete pod/fast/pod-delete; do
+               pod/fast/pod-ready pod/fast/pod-delete; do
         echo "---"
         cat "$kwok_dir/kustomize/stage/$f.yaml"
       done
