@@ -68,6 +68,11 @@ pub struct UngateArgs {
     /// The pods' namespace ("default" for pods named on the command line).
     #[arg(long, short = 'n')]
     pub namespace: Option<String>,
+    /// First delete this MutatingAdmissionPolicyBinding (the placement policy's), so that no new pod is
+    /// gated while the gated ones are released; one already gone is fine. The Helm chart's uninstall hook
+    /// runs `ungate --all --stop-gating=<release>-placement` (docs/placement.md).
+    #[arg(long, value_name = "BINDING")]
+    pub stop_gating: Option<String>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
 }

@@ -269,8 +269,6 @@ async fn lead_as(env: &TestEnv, ns: &str, account: &str, pod: &Pod, lease: &str)
 #[tokio::test]
 async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_budget() {
     let _serial = SERIAL.lock().await;
-    let t0 = std::time::Instant::now();
-    let step = |what: &str| eprintln!("[{:>6.1}s] {what}", t0.elapsed().as_secs_f64());
     let client = client().await;
     let env = TestEnv::with_client(client.clone(), "deploy-kustomize").await;
     let a = fake_node(&env, "a", "linux", "6.1.0-28-amd64").await;
@@ -284,14 +282,12 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
         "10.0.20348.2227"
     );
 
-    step("nodes ready");
     // As a user installs it.
     let ns = "osbuild-controller";
     kubectl(&["apply", "-k", repo("manifests").to_str().unwrap()]);
     assert_restricted(&client, ns).await;
     let pods = running_pods(&client, ns, "osbuild-controller", 2, &[&a, &b]).await;
 
-    step("pods running");
     // The Lease is held by a pod of the ReplicaSet, and the controller, with the manifests' ServiceAccount,
     // labels the fake Windows node (it does its job with the rights the manifests give it).
     let controller = lead_as(
@@ -304,13 +300,11 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
     .await;
     env.wait_label(&windows, "beta.kubernetes.io/osbuild", "20348")
         .await;
-    step("lease + label");
     drop(controller);
 
     // Drain the node of one replica: the eviction API lets one go (maxUnavailable: 1), its replacement is
     // scheduled on the other node and becomes Ready, and the drain completes.
     disruptions_allowed(&client, ns, "osbuild-controller", 1).await;
-    step("budget 1");
     let first = node_of(&pods[0]);
     let other = if first == a { b.clone() } else { a.clone() };
     kubectl(&[
@@ -320,7 +314,6 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
         "--delete-emptydir-data",
         "--timeout=90s",
     ]);
-    step("first drain done");
     let moved = running_pods(&client, ns, "osbuild-controller", 2, &[&other]).await;
     assert!(
         !moved.iter().any(|p| p.name_any() == pods[0].name_any()),
@@ -330,7 +323,6 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
     // With the first node cordoned, draining the other one can evict one replica only: its replacement has
     // nowhere to go, and the budget refuses the second eviction (the drain gives up at its timeout).
     disruptions_allowed(&client, ns, "osbuild-controller", 1).await;
-    step("budget 1 again");
     let (drained, _, _) = kubectl_try(&[
         "drain",
         &other,
@@ -339,7 +331,6 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
         "--timeout=12s",
     ]);
     assert!(!drained, "the drain must not take the last replica");
-    step("second drain refused");
     let api: Api<Pod> = Api::namespaced(client.clone(), ns);
     let selector = "app.kubernetes.io/name=osbuild-controller";
     let pods_now = api
@@ -367,11 +358,9 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
         other => panic!("the last replica was evictable: {other:?}"),
     }
 
-    step("evict refused");
     // Uncordoned, the first node takes the pending replica; then the drain of the other completes.
     kubectl(&["uncordon", &first]);
     running_pods(&client, ns, "osbuild-controller", 2, &[&first, &other]).await;
-    step("uncordoned, running");
     disruptions_allowed(&client, ns, "osbuild-controller", 1).await;
     kubectl(&[
         "drain",
@@ -382,7 +371,6 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
     ]);
     running_pods(&client, ns, "osbuild-controller", 2, &[&first]).await;
 
-    step("last drain");
     // Remove it all (the policy is cluster-wide; the next test must not meet it).
     kubectl(&[
         "delete",
@@ -391,7 +379,6 @@ async fn kustomize_install_runs_restricted_and_a_drain_honours_the_disruption_bu
         "--wait=true",
         "--timeout=120s",
     ]);
-    step("deleted");
     env.cleanup().await;
 }
 
@@ -406,4 +393,249 @@ fn names(pods: &[Pod]) -> BTreeSet<String> {
             )
         })
         .collect()
+}
+
+const GATE: &str = "osbuild-controller.io/image-os";
+/// A scheduling gate of someone else's, which the uninstall must leave in place.
+const OTHER_GATE: &str = "example.com/quota";
+
+fn gates(pod: &Pod) -> Vec<String> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.scheduling_gates.as_ref())
+        .map(|g| g.iter().map(|g| g.name.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn windows_pod(name: &str) -> Pod {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {
+            "os": {"name": "windows"},
+            "nodeSelector": {"kubernetes.io/os": "windows"},
+            "schedulingGates": [{"name": OTHER_GATE}],
+            "containers": [{"name": "app", "image": "mcr.microsoft.com/windows/servercore:ltsc2022"}],
+        },
+    }))
+    .unwrap()
+}
+
+/// The API server loads a new admission policy asynchronously: wait until a Windows pod (a server-side dry
+/// run, nothing stored) comes back gated.
+async fn wait_for_gating(pods: &Api<Pod>) {
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        "the chart's admission policy gates Windows pods",
+        SLOW,
+        || async {
+            let pod = pods.create(&dry_run, &windows_pod("probe")).await.ok()?;
+            gates(&pod).iter().any(|g| g == GATE).then_some(())
+        },
+    )
+    .await;
+}
+
+fn helm() -> PathBuf {
+    support::built_by("tests/helm/build.sh", &[])
+}
+
+fn helm_run(args: &[String]) -> (bool, String, String) {
+    let home = std::env::temp_dir().join("osbuild-helm-test-home");
+    let out = Command::new(helm())
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .env("HELM_CACHE_HOME", home.join("cache"))
+        .env("HELM_CONFIG_HOME", home.join("config"))
+        .env("HELM_DATA_HOME", home.join("data"))
+        .output()
+        .expect("run helm");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Plays the kubelet for the pod of the Job `job` (kwok runs nothing in it): runs its container's command, the
+/// controller binary with the container's args, as the pod's ServiceAccount (a TokenRequest token), then
+/// writes the pod's phase and exit code as a kubelet would. Returns the command's output.
+async fn run_job_pod(client: &Client, ns: &str, job: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selector = format!("batch.kubernetes.io/job-name={job}");
+    let pod = eventually(
+        &format!("the pod of Job {ns}/{job} Running"),
+        SLOW,
+        || async {
+            pods.list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?
+                .items
+                .into_iter()
+                .find(ready)
+        },
+    )
+    .await;
+    let spec = pod.spec.clone().unwrap();
+    let container = spec.containers[0].clone();
+    let account = spec.service_account_name.clone().unwrap();
+    let path = std::env::temp_dir().join(format!("{job}-{account}.kubeconfig"));
+    token_kubeconfig(client, kubeconfig(), ns, &account, &path).await;
+    let args = container.args.clone().unwrap_or_default();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(support::controller_binary())
+            .args(&args)
+            .env("KUBECONFIG", &path)
+            .output()
+            .expect("run the hook's command")
+    })
+    .await
+    .unwrap();
+    let code = out.status.code().unwrap_or(1);
+    let now = chrono_now();
+    let status = json!({"status": {
+        "phase": if code == 0 { "Succeeded" } else { "Failed" },
+        "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
+        "containerStatuses": [{
+            "name": container.name, "image": container.image, "imageID": "", "ready": false,
+            "restartCount": 0, "started": false,
+            "state": {"terminated": {"exitCode": code, "reason": if code == 0 { "Completed" } else { "Error" },
+                "startedAt": now, "finishedAt": now}},
+        }],
+    }});
+    pods.patch_status(
+        &pod.name_any(),
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&status),
+    )
+    .await
+    .expect("write the hook pod's status");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        code,
+        0,
+        "the hook failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn chrono_now() -> String {
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())
+        .0
+        .to_string()
+}
+
+/// What of the release is still in the cluster: its objects (by the chart's instance label, hooks included)
+/// and Helm's release records.
+fn release_objects(release: &str, ns: &str) -> Vec<String> {
+    let selector = format!("app.kubernetes.io/instance={release}");
+    let mut left = Vec::new();
+    for kinds in [
+        "deployments,replicasets,pods,jobs,services,serviceaccounts,roles,rolebindings,poddisruptionbudgets,networkpolicies,configmaps",
+        "clusterroles,clusterrolebindings,mutatingadmissionpolicies,mutatingadmissionpolicybindings",
+    ] {
+        left.extend(
+            kubectl(&["get", kinds, "-A", "-l", &selector, "-o", "name"])
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned),
+        );
+    }
+    let records = format!("owner=helm,name={release}");
+    left.extend(
+        kubectl(&["get", "secrets", "-n", ns, "-l", &records, "-o", "name"])
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned),
+    );
+    left
+}
+
+#[tokio::test]
+async fn helm_install_runs_restricted_and_uninstall_leaves_no_pod_gated() {
+    let _serial = SERIAL.lock().await;
+    let client = client().await;
+    let env = TestEnv::with_client(client.clone(), "deploy-helm").await;
+    let a = fake_node(&env, "a", "linux", "6.1.0-28-amd64").await;
+    let b = fake_node(&env, "b", "linux", "6.1.0-28-amd64").await;
+    let release = env.prefix.clone();
+    let ns = format!("{}-sys", env.prefix);
+    let fullname = format!("{release}-osbuild-controller");
+
+    // As docs/install.md says: a namespace that enforces `restricted`, then the chart with its defaults
+    // (placement on).
+    kubectl(&["create", "namespace", &ns]);
+    kubectl(&[
+        "label",
+        "namespace",
+        &ns,
+        "pod-security.kubernetes.io/enforce=restricted",
+    ]);
+    let chart = repo("charts/osbuild-controller");
+    let install = [
+        "install",
+        &release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        &ns,
+    ]
+    .map(String::from);
+    let (ok, _, err) = helm_run(&install);
+    assert!(ok, "helm install: {err}");
+    assert_restricted(&client, &ns).await;
+    let pods = running_pods(&client, &ns, &fullname, 2, &[&a, &b]).await;
+    // The Lease, named after the release, is held by one of its pods.
+    let controller = lead_as(&env, &ns, &fullname, &pods[0], &fullname).await;
+    drop(controller);
+
+    // With the controller stopped, a new Windows pod is gated and stays so (the positive control for the
+    // uninstall below): the policy gates it, nothing places it.
+    let windows = env.pods();
+    wait_for_gating(&windows).await;
+    windows
+        .create(&PostParams::default(), &windows_pod("app"))
+        .await
+        .unwrap();
+    assert_eq!(
+        gates(&windows.get("app").await.unwrap()),
+        [OTHER_GATE, GATE]
+    );
+
+    // helm uninstall runs the pre-delete hook and waits for it; the test runs the hook's pod.
+    let uninstall = [
+        "uninstall",
+        &release,
+        "--namespace",
+        &ns,
+        "--wait",
+        "--timeout=180s",
+    ]
+    .map(String::from);
+    let helm = tokio::task::spawn_blocking(move || helm_run(&uninstall));
+    let hook = run_job_pod(&client, &ns, &format!("{fullname}-ungate")).await;
+    let (ok, _, err) = helm.await.unwrap();
+    assert!(ok, "helm uninstall: {err}\nhook: {hook}");
+
+    // The pod is no longer gated by us; the other gate stays. New Windows pods are not gated either.
+    assert_eq!(gates(&windows.get("app").await.unwrap()), [OTHER_GATE]);
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    let fresh = windows
+        .create(&dry_run, &windows_pod("after"))
+        .await
+        .unwrap();
+    assert_eq!(gates(&fresh), [OTHER_GATE]);
+    // And nothing of the release is left (its pods go once the garbage collector and kwok are done).
+    eventually("nothing of the release left", SLOW, || async {
+        release_objects(&release, &ns).is_empty().then_some(())
+    })
+    .await;
+
+    kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    env.cleanup().await;
 }

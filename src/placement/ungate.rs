@@ -1,8 +1,9 @@
 //! `osbuild-controller ungate`: removes our scheduling gate (and nothing else) from pods, so that removing
 //! the controller never leaves pods gated (docs/install.md, "Uninstall").
 
+use k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicyBinding;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client, ResourceExt};
 
 use super::decide::{has_gate, release_patch};
@@ -14,6 +15,9 @@ pub async fn ungate_command(args: &UngateArgs) -> anyhow::Result<String> {
     let client = crate::run::client(&args.cluster).await?;
     let mut lines = Vec::new();
     let mut failed = Vec::new();
+    if let Some(binding) = &args.stop_gating {
+        lines.push(stop_gating(&client, binding).await?);
+    }
     let targets: Vec<(String, String)> = if args.all {
         let api: Api<Pod> = match &args.namespace {
             Some(ns) => Api::namespaced(client.clone(), ns),
@@ -50,10 +54,27 @@ pub async fn ungate_command(args: &UngateArgs) -> anyhow::Result<String> {
                 .join("\n")
         );
     }
-    if lines.is_empty() {
+    if lines.len() == usize::from(args.stop_gating.is_some()) {
         lines.push("no gated pod".to_owned());
     }
     Ok(lines.join("\n"))
+}
+
+/// Deletes the policy binding that gates new pods; an error (other than its absence) stops the command, as
+/// releasing pods while new ones are still gated would leave those gated.
+async fn stop_gating(client: &Client, binding: &str) -> anyhow::Result<String> {
+    let api: Api<MutatingAdmissionPolicyBinding> = Api::all(client.clone());
+    match api.delete(binding, &DeleteParams::default()).await {
+        Ok(_) => Ok(format!(
+            "mutatingadmissionpolicybinding/{binding}: deleted, no new pod is gated"
+        )),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(format!(
+            "mutatingadmissionpolicybinding/{binding}: already gone"
+        )),
+        Err(err) => Err(anyhow::anyhow!(
+            "cannot delete mutatingadmissionpolicybinding/{binding} (no pod was released): {err}"
+        )),
+    }
 }
 
 /// Whether the gate was there and is now removed; retries when the pod changed under us.
