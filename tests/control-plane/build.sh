@@ -146,15 +146,17 @@ if [ -n "$kwok" ]; then
   # they always match the binary.
   stages="$bindir/kwok-$KWOK_VERSION/stages.yaml"
   if [ -n "$force" ] || [ ! -s "$stages" ]; then
-    kwok_dir=$(cd "$here/kwok" && go list -m -f '{{.Dir}}' sigs.k8s.io/kwok)
+    # (download: the module cache may have been emptied since the binary was built)
+    kwok_dir=$(cd "$here/kwok" && go mod download -json sigs.k8s.io/kwok | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [ -d "$kwok_dir/kustomize/stage" ] || { log "kwok: no stages in the module ('$kwok_dir')"; exit 1; }
     {
       for f in node/fast/node-initialize node/heartbeat-with-lease/node-heartbeat-with-lease \
                pod/fast/pod-ready pod/fast/pod-delete; do
         echo "---"
         cat "$kwok_dir/kustomize/stage/$f.yaml"
       done
-    } > "$stages.tmp.$$"
-    mv -f "$stages.tmp.$$" "$stages"
+    } > "$(dirname "$stages")/.stages.yaml.tmp.$$"
+    mv -f "$(dirname "$stages")/.stages.yaml.tmp.$$" "$stages"
     log "kwok stages: $stages"
   fi
 fi
