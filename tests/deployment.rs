@@ -558,6 +558,16 @@ fn release_objects(release: &str, ns: &str) -> Vec<String> {
 async fn helm_install_runs_restricted_and_uninstall_leaves_no_pod_gated() {
     let _serial = SERIAL.lock().await;
     let client = client().await;
+    // The other test removes its install when it passes; when it failed, its admission policy would gate
+    // this test's pod too, and its own failure is the one to read.
+    kubectl(&[
+        "delete",
+        "-k",
+        repo("manifests").to_str().unwrap(),
+        "--ignore-not-found",
+        "--wait=true",
+        "--timeout=120s",
+    ]);
     let env = TestEnv::with_client(client.clone(), "deploy-helm").await;
     let a = fake_node(&env, "a", "linux", "6.1.0-28-amd64").await;
     let b = fake_node(&env, "b", "linux", "6.1.0-28-amd64").await;
