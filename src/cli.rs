@@ -70,7 +70,7 @@ pub struct UngateArgs {
     pub namespace: Option<String>,
     /// First delete this MutatingAdmissionPolicyBinding (the placement policy's), so that no new pod is
     /// gated while the gated ones are released; one already gone is fine. The Helm chart's uninstall hook
-    /// runs `ungate --all --stop-gating=<release>-placement` (docs/placement.md).
+    /// runs `ungate --all --stop-gating=<release>-osbuild-controller-placement` (docs/placement.md).
     #[arg(long, value_name = "BINDING")]
     pub stop_gating: Option<String>,
     #[command(flatten)]
