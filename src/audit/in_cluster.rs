@@ -1,0 +1,370 @@
+//! The audit inside the controller (`run --audit-interval DURATION`, off by default): every interval it runs
+//! the same audit as the `audit` command ([`super::command::survey`]) and exports the result:
+//!
+//! - `osbuild_workloads{verdict}`: the Windows workloads by verdict (all four verdicts, zeros included);
+//! - `osbuild_workload_verdict{namespace, kind, name, verdict}`: 1 for each `at-risk` or `broken` workload
+//!   only, so the series count is bounded by the workloads that need attention, not by the cluster;
+//! - `osbuild_audit_runs_total{outcome}` and `osbuild_audit_last_success_timestamp_seconds`: whether the
+//!   numbers above are current (a failed run keeps the previous result).
+//!
+//! Every replica audits and exports its own view (the audit only reads, like every replica's watches), so
+//! a new leader has nothing to catch up on; the shipped alerts aggregate with `max by`. The gauges are
+//! computed at scrape time from the last result ([`Snapshot`]), so a workload that is fixed or deleted
+//! loses its series with the next audit.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::MetricFamily;
+use prometheus::{IntCounterVec, Opts};
+use tokio_util::sync::CancellationToken;
+
+use super::command::{Report, survey};
+use super::verdict::Verdict;
+use crate::metrics::{ComputedGauge, NAMESPACE};
+use crate::registry::{Registry, RegistryOptions};
+use crate::shared::Shared;
+use crate::supervisor::Supervisor;
+
+/// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
+pub const CONTROLLER: &str = "audit";
+
+const VERDICTS: [Verdict; 4] = [
+    Verdict::Ok,
+    Verdict::AtRisk,
+    Verdict::Broken,
+    Verdict::Unknown,
+];
+
+/// The in-cluster audit's options.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// `--audit-interval`: time between the end of one audit and the start of the next.
+    pub interval: Duration,
+    /// `--namespace`: audit this namespace only; all when `None`.
+    pub namespace: Option<String>,
+    pub registry: RegistryOptions,
+}
+
+/// A workload that needs attention, as its gauge names it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Flagged {
+    pub namespace: String,
+    pub kind: &'static str,
+    pub name: String,
+    pub verdict: Verdict,
+}
+
+/// What the gauges show: the last successful audit, reduced to what is exported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Workloads per verdict; every verdict present.
+    pub by_verdict: BTreeMap<&'static str, i64>,
+    /// The `at-risk` and `broken` workloads, sorted.
+    pub flagged: Vec<Flagged>,
+    /// When that audit finished.
+    pub finished: Option<SystemTime>,
+}
+
+/// Reduces a report to the exported numbers: counts for every verdict, one entry per at-risk or broken
+/// workload (never `ok` or `unknown` ones: those would make the series count grow with the cluster).
+pub fn summarize(report: &Report, finished: SystemTime) -> Snapshot {
+    let mut by_verdict: BTreeMap<&'static str, i64> =
+        VERDICTS.iter().map(|v| (v.as_str(), 0)).collect();
+    let mut flagged = Vec::new();
+    for row in &report.workloads {
+        *by_verdict.entry(row.verdict.as_str()).or_default() += 1;
+        if matches!(row.verdict, Verdict::AtRisk | Verdict::Broken) {
+            flagged.push(Flagged {
+                namespace: row.namespace.clone(),
+                kind: row.kind,
+                name: row.name.clone(),
+                verdict: row.verdict,
+            });
+        }
+    }
+    flagged.sort();
+    flagged.dedup();
+    Snapshot {
+        by_verdict,
+        flagged,
+        finished: Some(finished),
+    }
+}
+
+/// The last snapshot, shared by the loop (writer) and the collector (reader at scrape time).
+#[derive(Debug, Clone, Default)]
+pub struct LastAudit(Arc<Mutex<Option<Snapshot>>>);
+
+impl LastAudit {
+    pub fn set(&self, snapshot: Snapshot) {
+        *self.0.lock().unwrap_or_else(PoisonError::into_inner) = Some(snapshot);
+    }
+
+    pub fn get(&self) -> Option<Snapshot> {
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// Computes the audit gauges from [`LastAudit`] at scrape time; nothing before the first audit finished.
+pub struct AuditCollector {
+    last: LastAudit,
+    workloads: ComputedGauge,
+    workload: ComputedGauge,
+    last_success: ComputedGauge,
+}
+
+impl AuditCollector {
+    pub fn new(last: LastAudit) -> prometheus::Result<Self> {
+        Ok(Self {
+            last,
+            workloads: ComputedGauge::new(
+                "workloads",
+                "Windows workloads by the verdict of the last in-cluster audit (ok, at-risk, broken, unknown).",
+                &["verdict"],
+            )?,
+            workload: ComputedGauge::new(
+                "workload_verdict",
+                "1 for each workload the last in-cluster audit found at-risk or broken (no series for ok and unknown ones).",
+                &["namespace", "kind", "name", "verdict"],
+            )?,
+            last_success: ComputedGauge::new(
+                "audit_last_success_timestamp_seconds",
+                "When the last successful in-cluster audit finished (Unix time).",
+                &[],
+            )?,
+        })
+    }
+}
+
+impl Collector for AuditCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut desc = self.workloads.desc();
+        desc.extend(self.workload.desc());
+        desc.extend(self.last_success.desc());
+        desc
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let Some(snapshot) = self.last.get() else {
+            return Vec::new();
+        };
+        let mut families = self.workloads.family(
+            snapshot
+                .by_verdict
+                .iter()
+                .map(|(verdict, count)| (vec![*verdict], *count)),
+        );
+        families.extend(self.workload.family(snapshot.flagged.iter().map(|f| {
+            (
+                vec![
+                    f.namespace.as_str(),
+                    f.kind,
+                    f.name.as_str(),
+                    f.verdict.as_str(),
+                ],
+                1,
+            )
+        })));
+        let seconds = snapshot
+            .finished
+            .and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        families.extend(self.last_success.family([(vec![], seconds)]));
+        families
+    }
+}
+
+/// Starts the loop; fails only on our own configuration (e.g. an unreadable `--registry-ca-file`).
+pub fn start(
+    shared: &Arc<Shared>,
+    options: AuditOptions,
+    tasks: &mut Supervisor,
+) -> anyhow::Result<()> {
+    let registry = Registry::new(options.registry.clone())?
+        .observe_requests(shared.metrics.registry_request_duration.clone());
+    let last = LastAudit::default();
+    shared
+        .metrics
+        .register(Box::new(AuditCollector::new(last.clone())?))?;
+    let runs = IntCounterVec::new(
+        Opts::new(
+            "audit_runs_total",
+            "In-cluster audits, by outcome: ok, or error (a list failed; the gauges keep the previous result).",
+        )
+        .namespace(NAMESPACE),
+        &["outcome"],
+    )?;
+    shared.metrics.register(Box::new(runs.clone()))?;
+    tasks.spawn(
+        CONTROLLER,
+        run(
+            shared.clone(),
+            options,
+            (registry, last, runs),
+            tasks.shutdown(),
+        ),
+    );
+    Ok(())
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    options: AuditOptions,
+    (registry, last, runs): (Registry, LastAudit, IntCounterVec),
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let audit = survey(&shared.client, &registry, options.namespace.as_deref(), &[]);
+        let result = tokio::select! {
+            result = audit => result,
+            () = shutdown.cancelled() => return Ok(()),
+        };
+        match result {
+            Ok(report) => {
+                let snapshot = summarize(&report, SystemTime::now());
+                tracing::info!(
+                    workloads = report.workloads.len(),
+                    at_risk = snapshot.by_verdict.get("at-risk").copied().unwrap_or(0),
+                    broken = snapshot.by_verdict.get("broken").copied().unwrap_or(0),
+                    unknown = snapshot.by_verdict.get("unknown").copied().unwrap_or(0),
+                    "audit done"
+                );
+                last.set(snapshot);
+                runs.with_label_values(&["ok"]).inc();
+            }
+            Err(err) => {
+                // A list was refused or failed (RBAC, API server): keep the last result, try next time.
+                shared.metrics.api_error(CONTROLLER, api_category(&err));
+                runs.with_label_values(&["error"]).inc();
+                tracing::warn!(
+                    error = format!("{err:#}"),
+                    "audit failed; the gauges keep the last result"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(options.interval) => {},
+            () = shutdown.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// The static category of a failed audit, from the API error inside it when there is one.
+fn api_category(err: &anyhow::Error) -> &'static str {
+    err.chain()
+        .find_map(|cause| cause.downcast_ref::<kube::Error>())
+        .map_or("other", crate::events::api_error_category)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::command::Row;
+
+    fn row(namespace: &str, name: &str, verdict: Verdict) -> Row {
+        Row {
+            namespace: namespace.into(),
+            kind: "Deployment",
+            name: name.into(),
+            images: vec!["example/app:ltsc2022".into()],
+            verdict,
+            nodes_that_fail: Vec::new(),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn counts_every_verdict_and_flags_only_at_risk_and_broken() {
+        let report = Report {
+            workloads: vec![
+                row("shop", "web", Verdict::Ok),
+                row("shop", "api", Verdict::AtRisk),
+                row("shop", "jobs", Verdict::Broken),
+                row("ops", "private", Verdict::Unknown),
+                row("ops", "agent", Verdict::Ok),
+            ],
+        };
+        let snapshot = summarize(&report, SystemTime::UNIX_EPOCH);
+        assert_eq!(
+            snapshot.by_verdict,
+            BTreeMap::from([("ok", 2), ("at-risk", 1), ("broken", 1), ("unknown", 1)])
+        );
+        let flagged: Vec<(&str, Verdict)> = snapshot
+            .flagged
+            .iter()
+            .map(|f| (f.name.as_str(), f.verdict))
+            .collect();
+        assert_eq!(
+            flagged,
+            [("api", Verdict::AtRisk), ("jobs", Verdict::Broken)]
+        );
+    }
+
+    #[test]
+    fn an_empty_cluster_still_exports_zeros() {
+        let snapshot = summarize(&Report { workloads: vec![] }, SystemTime::UNIX_EPOCH);
+        assert_eq!(snapshot.by_verdict.len(), 4);
+        assert!(snapshot.by_verdict.values().all(|n| *n == 0));
+        assert!(snapshot.flagged.is_empty());
+    }
+
+    #[test]
+    fn the_collector_exports_the_last_snapshot_and_drops_fixed_workloads() {
+        let last = LastAudit::default();
+        // Through a registry, as a scrape reads it (it leaves out families without series).
+        let registry = prometheus::Registry::new();
+        registry
+            .register(Box::new(AuditCollector::new(last.clone()).unwrap()))
+            .unwrap();
+        let text = || {
+            let mut out = Vec::new();
+            prometheus::Encoder::encode(
+                &prometheus::TextEncoder::new(),
+                &registry.gather(),
+                &mut out,
+            )
+            .unwrap();
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(text(), "", "nothing before the first audit");
+        let at = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        last.set(summarize(
+            &Report {
+                workloads: vec![row("shop", "api", Verdict::AtRisk)],
+            },
+            at,
+        ));
+        let exported = text();
+        assert!(
+            exported.contains(
+                r#"osbuild_workload_verdict{kind="Deployment",name="api",namespace="shop",verdict="at-risk"} 1"#
+            ),
+            "{exported}"
+        );
+        assert!(
+            exported.contains("osbuild_audit_last_success_timestamp_seconds 1700000000"),
+            "{exported}"
+        );
+        last.set(summarize(
+            &Report {
+                workloads: vec![row("shop", "api", Verdict::Ok)],
+            },
+            at,
+        ));
+        let exported = text();
+        assert!(
+            !exported.contains("osbuild_workload_verdict{"),
+            "{exported}"
+        );
+        assert!(
+            exported.contains(r#"osbuild_workloads{verdict="ok"} 1"#),
+            "{exported}"
+        );
+    }
+}
