@@ -259,7 +259,7 @@ async fn run(
 fn api_category(err: &anyhow::Error) -> &'static str {
     err.chain()
         .find_map(|cause| cause.downcast_ref::<kube::Error>())
-        .map_or("other", crate::events::api_error_category)
+        .map_or("client", crate::events::api_error_category)
 }
 
 #[cfg(test)]
