@@ -192,12 +192,12 @@ pub fn start(
     shared
         .metrics
         .register(Box::new(AuditCollector::new(last.clone())?))?;
+    let opts = |name: &str, help: &str| Opts::new(name, help).namespace(NAMESPACE);
     let runs = IntCounterVec::new(
-        Opts::new(
+        opts(
             "audit_runs_total",
             "In-cluster audits, by outcome: ok, or error (a list failed; the gauges keep the previous result).",
-        )
-        .namespace(NAMESPACE),
+        ),
         &["outcome"],
     )?;
     shared.metrics.register(Box::new(runs.clone()))?;
