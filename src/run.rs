@@ -68,9 +68,10 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         &PodOptions {
             annotate: args.annotate_pods,
             namespace: args.namespace.clone(),
+            registry: args.registry.options(),
         },
         &mut tasks,
-    );
+    )?;
     if args.placement {
         placement::start(&shared, placement_options(&args), &mut tasks)?;
     }
