@@ -447,12 +447,14 @@ fn expected<'a>(
     } else {
         forbidden.extend(placement_access);
     }
-    // The audit: list the workload kinds (in the watched namespace only, when there is one) and
-    // RuntimeClasses; get pull secrets and ServiceAccounts by name. Never more than list: no watch, no
-    // writes, no secret listing (above).
+    // The audit: list and watch the workload kinds (in the watched namespace only, when there is one),
+    // list RuntimeClasses; get pull secrets and ServiceAccounts by name. No writes, no secret listing
+    // (above).
     let audited = watched.unwrap_or("shop");
     let namespaced_audit = [
         access("list", "apps", "deployments").ns(audited),
+        access("watch", "apps", "deployments").ns(audited),
+        access("watch", "batch", "cronjobs").ns(audited),
         access("list", "apps", "statefulsets").ns(audited),
         access("list", "apps", "daemonsets").ns(audited),
         access("list", "apps", "replicasets").ns(audited),
@@ -464,7 +466,6 @@ fn expected<'a>(
             .named("default"),
     ];
     forbidden.extend([
-        access("watch", "apps", "deployments"),
         access("patch", "apps", "deployments")
             .ns(audited)
             .named("web"),
@@ -478,20 +479,25 @@ fn expected<'a>(
         if watched.is_some() {
             forbidden.extend([
                 access("list", "apps", "deployments"),
+                access("watch", "apps", "deployments"),
                 access("list", "apps", "deployments").ns("shop"),
             ]);
             if !placement {
                 forbidden.push(access("get", "", "secrets").ns("shop").named("regcred"));
             }
         } else {
-            needed.push(access("list", "apps", "deployments"));
+            needed.extend([
+                access("list", "apps", "deployments"),
+                access("watch", "apps", "deployments"),
+            ]);
         }
     } else {
-        // Placement also reads secrets and ServiceAccounts by name: only the lists are the audit's alone.
+        // Placement also reads secrets and ServiceAccounts by name: only lists and watches are the audit's
+        // alone.
         forbidden.extend(
             namespaced_audit
                 .into_iter()
-                .filter(|a| a.verb == "list" || !placement),
+                .filter(|a| a.verb != "get" || !placement),
         );
         forbidden.push(runtime_classes);
     }

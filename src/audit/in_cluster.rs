@@ -1,5 +1,6 @@
-//! The audit inside the controller (`run --audit-interval DURATION`, off by default): every interval it runs
-//! the same audit as the `audit` command ([`super::command::survey`]) and exports the result:
+//! The audit inside the controller (`run --audit-interval DURATION`, off by default): it runs the same audit
+//! as the `audit` command ([`super::command::survey`]) every interval, and sooner when a workload or a node
+//! changes (metadata watches, debounced: [`next_run`]), and exports the result:
 //!
 //! - `osbuild_workloads{verdict}`: the Windows workloads by verdict (all four verdicts, zeros included);
 //! - `osbuild_workload_verdict{namespace, kind, name, verdict}`: 1 for each `at-risk` or `broken` workload
@@ -13,9 +14,18 @@
 //! loses its series with the next audit.
 
 use std::collections::BTreeMap;
+use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::Node;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{IntCounterVec, Opts};
@@ -23,13 +33,21 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::{Report, survey};
 use super::verdict::Verdict;
-use crate::metrics::{ComputedGauge, NAMESPACE};
+use crate::events::watch_error_category;
+use crate::metrics::{ComputedGauge, Metrics, NAMESPACE};
 use crate::registry::{Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
+use crate::watches::LIST_PAGE_SIZE;
 
-/// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
+/// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`, and the `resource` of
+/// its watches' errors in `osbuild_watch_errors_total`.
 pub const CONTROLLER: &str = "audit";
+/// After a change, wait this long for the changes that usually come with it (a rollout touches a
+/// Deployment, its ReplicaSets, ...) before auditing.
+const SETTLE: Duration = Duration::from_secs(5);
+/// The most a change can shorten the gap between two audits: a tenth of the interval, within these bounds.
+const MIN_GAP_BOUNDS: (Duration, Duration) = (SETTLE, Duration::from_secs(60));
 
 const VERDICTS: [Verdict; 4] = [
     Verdict::Ok,
@@ -213,12 +231,29 @@ pub fn start(
     Ok(())
 }
 
+/// When the next audit starts: `interval` after the last one ended, or, once something changed since the
+/// last one started, `SETTLE` after that change; never sooner than the minimum gap after the last one ended
+/// (a tenth of the interval, between 5 s and 1 min), so a busy cluster is not audited back to back.
+pub fn next_run(
+    ended: tokio::time::Instant,
+    first_change: Option<tokio::time::Instant>,
+    interval: Duration,
+) -> tokio::time::Instant {
+    let periodic = ended + interval;
+    let Some(change) = first_change else {
+        return periodic;
+    };
+    let gap = (interval / 10).clamp(MIN_GAP_BOUNDS.0, MIN_GAP_BOUNDS.1);
+    periodic.min((change + SETTLE).max(ended + gap))
+}
+
 async fn run(
     shared: Arc<Shared>,
     options: AuditOptions,
     (registry, last, runs): (Registry, LastAudit, IntCounterVec),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let mut changes = pin!(changes(&shared, options.namespace.as_deref()));
     loop {
         let audit = survey(&shared.client, &registry, options.namespace.as_deref(), &[]);
         let result = tokio::select! {
@@ -248,11 +283,95 @@ async fn run(
                 );
             }
         }
-        tokio::select! {
-            () = tokio::time::sleep(options.interval) => {},
-            () = shutdown.cancelled() => return Ok(()),
+        // Changes that arrive while an audit runs are taken after it: the audit may have listed before them.
+        let ended = tokio::time::Instant::now();
+        let mut first_change = None;
+        loop {
+            let at = next_run(ended, first_change, options.interval);
+            tokio::select! {
+                () = tokio::time::sleep_until(at) => break,
+                Some(()) = changes.next() => {
+                    first_change.get_or_insert_with(tokio::time::Instant::now);
+                }
+                () = shutdown.cancelled() => return Ok(()),
+            }
         }
     }
+}
+
+/// One item per change of an audited workload kind (in `namespace`, or all) or of a Node, after each
+/// watch's initial list. Metadata only: the audit itself reads the objects. A failing watch is counted and
+/// retried with backoff; the periodic audit goes on regardless.
+fn changes(shared: &Shared, namespace: Option<&str>) -> impl Stream<Item = ()> + use<> {
+    let client = &shared.client;
+    let metrics = &shared.metrics;
+    let streams: Vec<BoxStream<'static, ()>> = vec![
+        watch_changes(
+            namespaced::<PartialObjectMeta<Deployment>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(
+            namespaced::<PartialObjectMeta<StatefulSet>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(
+            namespaced::<PartialObjectMeta<DaemonSet>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(
+            namespaced::<PartialObjectMeta<ReplicaSet>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(
+            namespaced::<PartialObjectMeta<Job>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(
+            namespaced::<PartialObjectMeta<CronJob>>(client, namespace),
+            metrics,
+        ),
+        watch_changes(Api::<PartialObjectMeta<Node>>::all(client.clone()), metrics),
+    ];
+    futures::stream::select_all(streams)
+}
+
+fn namespaced<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+fn watch_changes<K>(api: Api<PartialObjectMeta<K>>, metrics: &Metrics) -> BoxStream<'static, ()>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    let metrics = metrics.clone();
+    let kind = K::kind(&K::DynamicType::default()).to_string();
+    watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
+        .default_backoff()
+        .filter_map(move |event| {
+            let changed = match event {
+                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
+                Ok(_) => None,
+                Err(err) => {
+                    let category = watch_error_category(&err);
+                    metrics
+                        .watch_errors
+                        .with_label_values(&[CONTROLLER, category])
+                        .inc();
+                    tracing::warn!(kind, category, error = %err, "audit watch failed; retrying with backoff (the periodic audit goes on)");
+                    None
+                }
+            };
+            std::future::ready(changed)
+        })
+        .boxed()
 }
 
 /// The static category of a failed audit, from the API error inside it when there is one.
@@ -303,6 +422,33 @@ mod tests {
         assert_eq!(
             flagged,
             [("api", Verdict::AtRisk), ("jobs", Verdict::Broken)]
+        );
+    }
+
+    #[test]
+    fn changes_bring_the_next_audit_forward_but_not_back_to_back() {
+        let ended = tokio::time::Instant::now();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(next_run(ended, None, hour), ended + hour, "nothing changed");
+        // A change long after the last audit: SETTLE after it.
+        let late = ended + Duration::from_secs(600);
+        assert_eq!(next_run(ended, Some(late), hour), late + SETTLE);
+        // A change right after it: not before the minimum gap (a tenth of the hour, at most a minute).
+        assert_eq!(
+            next_run(ended, Some(ended), hour),
+            ended + Duration::from_secs(60)
+        );
+        let two_minutes = Duration::from_secs(120);
+        assert_eq!(
+            next_run(ended, Some(ended), two_minutes),
+            ended + Duration::from_secs(12)
+        );
+        // Never later than the periodic run, never sooner than SETTLE.
+        let short = Duration::from_secs(3);
+        assert_eq!(next_run(ended, Some(ended), short), ended + short);
+        assert_eq!(
+            next_run(ended, Some(ended), Duration::from_secs(20)),
+            ended + SETTLE
         );
     }
 

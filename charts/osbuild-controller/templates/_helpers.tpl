@@ -70,16 +70,16 @@ helm.sh/chart: {{ include "osbuild-controller.chart" . }}
 {{- end }}
 
 {{/*
-The in-cluster audit's namespaced rules: list the workload kinds (Pods and Nodes are listed with the
+The in-cluster audit's namespaced rules: list and watch the workload kinds (Pods and Nodes with the
 controller's own rights), get the pull secrets and ServiceAccounts a workload names.
 */}}
 {{- define "osbuild-controller.auditNamespacedRules" -}}
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: ["batch"]
   resources: ["jobs", "cronjobs"]
-  verbs: ["list"]
+  verbs: ["list", "watch"]
 - apiGroups: [""]
   resources: ["secrets", "serviceaccounts"]
   verbs: ["get"]
