@@ -135,6 +135,7 @@ async fn detect(
     );
 
     let mut episodes = Episodes::new(shared.keys.clone());
+    let mut unreadable = Unreadable::default();
     while let Some(input) = inputs.next().await {
         let effects = match input {
             Input::Pod(event) => {
@@ -143,7 +144,8 @@ async fn detect(
                     Ok(event) => {
                         let confirmed = match &event {
                             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                                confirm_ambiguous_pulls(&shared, &registry, &episodes, pod).await
+                                let reads = (&registry, &mut unreadable);
+                                confirm_ambiguous_pulls(&shared, reads, &episodes, pod).await
                             }
                             _ => Vec::new(),
                         };
@@ -205,7 +207,7 @@ fn on_pod_event(
 #[tracing::instrument(skip_all, fields(namespace, pod))]
 async fn confirm_ambiguous_pulls(
     shared: &Shared,
-    registry: &Registry,
+    (registry, unreadable): (&Registry, &mut Unreadable),
     episodes: &Episodes,
     pod: &Pod,
 ) -> Vec<String> {
@@ -236,6 +238,9 @@ async fn confirm_ambiguous_pulls(
             confirmed.push(pull.container);
             continue;
         }
+        if unreadable.recently(&pull.image) {
+            continue;
+        }
         if keyring.is_none() {
             keyring = Some(
                 crate::pull_secrets::keyring(&shared.client, &namespace, spec)
@@ -259,16 +264,47 @@ async fn confirm_ambiguous_pulls(
                 image = pull.image,
                 "no match for platform, but not the Windows build: not the OS mismatch"
             ),
-            Err(err) => tracing::info!(
-                container = pull.container,
-                image = pull.image,
-                category = err.category(),
-                error = %err.detail,
-                "cannot read the image to tell containerd's pull error apart; not flagged"
-            ),
+            Err(err) => {
+                tracing::info!(
+                    container = pull.container,
+                    image = pull.image,
+                    category = err.category(),
+                    error = %err.detail,
+                    "cannot read the image to tell containerd's pull error apart; not flagged"
+                );
+                unreadable.failed(pull.image);
+            }
         }
     }
     confirmed
+}
+
+/// Images whose read failed lately. Each read may take up to `--registry-timeout` and the detector judges
+/// one event at a time, so pods of an unreachable registry must not stall it: such an image is not read
+/// again for [`Unreadable::RETRY_AFTER`] (its pods stay unflagged meanwhile, as any unreadable image).
+#[derive(Debug, Default)]
+struct Unreadable(std::collections::HashMap<String, std::time::Instant>);
+
+impl Unreadable {
+    const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Bounds the memory: past this many, expired entries go (and, if none has, all).
+    const CAPACITY: usize = 1024;
+
+    fn recently(&self, image: &str) -> bool {
+        self.0
+            .get(image)
+            .is_some_and(|at| at.elapsed() < Self::RETRY_AFTER)
+    }
+
+    fn failed(&mut self, image: String) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.retain(|_, at| at.elapsed() < Self::RETRY_AFTER);
+            if self.0.len() >= Self::CAPACITY {
+                self.0.clear();
+            }
+        }
+        self.0.insert(image, std::time::Instant::now());
+    }
 }
 
 /// The Event names the pod; its node and image come from the pod itself, read now.
