@@ -256,6 +256,7 @@ async fn run(
     let mut changes = pin!(changes(&shared, options.namespace.as_deref()));
     loop {
         let audit = survey(&shared.client, &registry, options.namespace.as_deref(), &[]);
+        let started = tokio::time::Instant::now();
         let result = tokio::select! {
             result = audit => result,
             () = shutdown.cancelled() => return Ok(()),
@@ -268,6 +269,7 @@ async fn run(
                     at_risk = snapshot.by_verdict.get("at-risk").copied().unwrap_or(0),
                     broken = snapshot.by_verdict.get("broken").copied().unwrap_or(0),
                     unknown = snapshot.by_verdict.get("unknown").copied().unwrap_or(0),
+                    duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
                     "audit done"
                 );
                 last.set(snapshot);
