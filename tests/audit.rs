@@ -514,3 +514,65 @@ spec:
     kubectl_with_stdin(&["delete", "namespace", &system, "--wait=false"], "");
     env.cleanup().await;
 }
+
+/// Without the audit's rights (the base's alone), the in-cluster audit cannot list RuntimeClasses or workloads: each run is
+/// counted as an error (`forbidden`), no verdict is exported, and the controller stays ready (the audit is
+/// not part of readiness). The positive control is the test above, with components/audit.
+#[tokio::test]
+async fn in_cluster_audit_without_its_rights_reports_forbidden_and_stays_ready() {
+    let env = TestEnv::new("audit-norbac").await;
+    let kubeconfig = env.service_account_kubeconfig("base-only").await;
+    let role = env
+        .grant(
+            "base",
+            "base-only",
+            json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
+            ]),
+        )
+        .await;
+    let controller = Controller::spawn_with_kubeconfig(
+        &env,
+        &kubeconfig,
+        &[
+            "--audit-interval",
+            "1s",
+            "--placement=false",
+            "--registry-insecure",
+            registries().plain_host(),
+        ],
+    );
+    controller.wait_ready().await;
+    eventually("failed audits counted as forbidden", TIMEOUT, || async {
+        let scrape = controller.scrape().await;
+        (scrape
+            .value("osbuild_audit_runs_total", &[("outcome", "error")])
+            .unwrap_or(0.0)
+            >= 2.0
+            && scrape
+                .value(
+                    "osbuild_reconcile_errors_total",
+                    &[("controller", "audit"), ("category", "forbidden")],
+                )
+                .unwrap_or(0.0)
+                >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let scrape = controller.scrape().await;
+    assert_eq!(
+        scrape.value("osbuild_audit_runs_total", &[("outcome", "ok")]),
+        None
+    );
+    assert!(
+        scrape.families("osbuild_workload").is_empty(),
+        "no verdicts without an audit: {:?}",
+        scrape.families("osbuild_workload")
+    );
+    assert_eq!(controller.get("/readyz").await.0, 200, "still ready");
+    assert_eq!(controller.get("/healthz").await.0, 200, "still alive");
+    drop(controller);
+    env.revoke(&role).await;
+    env.cleanup().await;
+}
