@@ -515,9 +515,10 @@ spec:
     env.cleanup().await;
 }
 
-/// Without the audit's rights (the base's alone), the in-cluster audit cannot list RuntimeClasses or workloads: each run is
-/// counted as an error (`forbidden`), no verdict is exported, and the controller stays ready (the audit is
-/// not part of readiness). The positive control is the test above, with components/audit.
+/// Without the audit's rights (the base's alone), the in-cluster audit cannot list RuntimeClasses or
+/// workloads: each run is counted as an error (`forbidden`), no verdict is exported, and the controller
+/// stays ready (the audit is not part of readiness). The positive control is the test above, with
+/// components/audit.
 #[tokio::test]
 async fn in_cluster_audit_without_its_rights_reports_forbidden_and_stays_ready() {
     let env = TestEnv::new("audit-norbac").await;
