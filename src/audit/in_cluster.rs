@@ -13,7 +13,7 @@
 //! computed at scrape time from the last result ([`Snapshot`]), so a workload that is fixed or deleted
 //! loses its series with the next audit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::pin;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,7 @@ use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource};
@@ -301,43 +302,29 @@ async fn run(
     }
 }
 
-/// One item per change of an audited workload kind (in `namespace`, or all) or of a Node, after each
-/// watch's initial list. Metadata only: the audit itself reads the objects. A failing watch is counted and
-/// retried with backoff; the periodic audit goes on regardless.
+/// One item per change that matters to the audit (see [`Fingerprints`]) of an audited workload kind (in
+/// `namespace`, or all) or of a Node, after each watch's initial list. Metadata only: the audit itself
+/// reads the objects. A failing watch is counted and retried with backoff; the periodic audit goes on.
 fn changes(shared: &Shared, namespace: Option<&str>) -> impl Stream<Item = ()> + use<> {
-    let client = &shared.client;
-    let metrics = &shared.metrics;
+    let (client, metrics) = (&shared.client, &shared.metrics);
+    let spec = |meta: &ObjectMeta| meta.generation.map_or(0, i64::cast_unsigned);
     let streams: Vec<BoxStream<'static, ()>> = vec![
+        watch_changes(namespaced::<Deployment>(client, namespace), spec, metrics),
+        watch_changes(namespaced::<StatefulSet>(client, namespace), spec, metrics),
+        watch_changes(namespaced::<DaemonSet>(client, namespace), spec, metrics),
+        watch_changes(namespaced::<ReplicaSet>(client, namespace), spec, metrics),
+        watch_changes(namespaced::<Job>(client, namespace), spec, metrics),
+        watch_changes(namespaced::<CronJob>(client, namespace), spec, metrics),
         watch_changes(
-            namespaced::<PartialObjectMeta<Deployment>>(client, namespace),
+            Api::<PartialObjectMeta<Node>>::all(client.clone()),
+            |meta: &ObjectMeta| hash_of(&meta.labels),
             metrics,
         ),
-        watch_changes(
-            namespaced::<PartialObjectMeta<StatefulSet>>(client, namespace),
-            metrics,
-        ),
-        watch_changes(
-            namespaced::<PartialObjectMeta<DaemonSet>>(client, namespace),
-            metrics,
-        ),
-        watch_changes(
-            namespaced::<PartialObjectMeta<ReplicaSet>>(client, namespace),
-            metrics,
-        ),
-        watch_changes(
-            namespaced::<PartialObjectMeta<Job>>(client, namespace),
-            metrics,
-        ),
-        watch_changes(
-            namespaced::<PartialObjectMeta<CronJob>>(client, namespace),
-            metrics,
-        ),
-        watch_changes(Api::<PartialObjectMeta<Node>>::all(client.clone()), metrics),
     ];
     futures::stream::select_all(streams)
 }
 
-fn namespaced<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
+fn namespaced<K>(client: &kube::Client, namespace: Option<&str>) -> Api<PartialObjectMeta<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
     K::DynamicType: Default,
@@ -348,19 +335,98 @@ where
     }
 }
 
-fn watch_changes<K>(api: Api<PartialObjectMeta<K>>, metrics: &Metrics) -> BoxStream<'static, ()>
+fn hash_of(value: &impl std::hash::Hash) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut hasher);
+    std::hash::Hasher::finish(&hasher)
+}
+
+/// What of each watched object can change a verdict, to tell its changes from noise: a workload's
+/// `metadata.generation` (it moves with every change of the spec, never with status updates such as replica
+/// counts), a Node's labels (the selectors match them, and the osbuild labels move with its
+/// kernelVersion). Pure: fed the watch's events as (object key, fingerprint).
+#[derive(Debug, Default)]
+pub struct Fingerprints {
+    seen: HashMap<String, u64>,
+    /// During a (re-)list: what it has listed so far.
+    relisting: Option<HashMap<String, u64>>,
+    listed_once: bool,
+}
+
+impl Fingerprints {
+    /// Whether this event changes something the audit reads. The first list changes nothing (the audit
+    /// reads the cluster as it is anyway); a re-list after a broken watch does if it differs from before.
+    pub fn changed(&mut self, event: watcher::Event<(String, u64)>) -> bool {
+        match event {
+            watcher::Event::Init => {
+                self.relisting = Some(HashMap::new());
+                false
+            }
+            watcher::Event::InitApply((key, print)) => {
+                self.relisting
+                    .get_or_insert_with(HashMap::new)
+                    .insert(key, print);
+                false
+            }
+            watcher::Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or_default();
+                let changed = self.listed_once && listed != self.seen;
+                self.seen = listed;
+                self.listed_once = true;
+                changed
+            }
+            watcher::Event::Apply((key, print)) => self.seen.insert(key, print) != Some(print),
+            watcher::Event::Delete((key, _)) => {
+                self.seen.remove(&key);
+                true
+            }
+        }
+    }
+}
+
+/// A watch event reduced to (namespace/name, fingerprint).
+fn keyed<K>(
+    event: watcher::Event<PartialObjectMeta<K>>,
+    fingerprint: fn(&ObjectMeta) -> u64,
+) -> watcher::Event<(String, u64)> {
+    let key = |o: &PartialObjectMeta<K>| {
+        let meta = &o.metadata;
+        let name = format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or_default(),
+            meta.name.as_deref().unwrap_or_default()
+        );
+        (name, fingerprint(meta))
+    };
+    match event {
+        watcher::Event::Apply(o) => watcher::Event::Apply(key(&o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(key(&o)),
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(key(&o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
+fn watch_changes<K>(
+    api: Api<PartialObjectMeta<K>>,
+    fingerprint: fn(&ObjectMeta) -> u64,
+    metrics: &Metrics,
+) -> BoxStream<'static, ()>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
     let metrics = metrics.clone();
     let kind = K::kind(&K::DynamicType::default()).to_string();
+    let mut prints = Fingerprints::default();
     watcher(api, watcher::Config::default().page_size(LIST_PAGE_SIZE))
         .default_backoff()
         .filter_map(move |event| {
             let changed = match event {
-                Ok(watcher::Event::Apply(_) | watcher::Event::Delete(_)) => Some(()),
-                Ok(_) => None,
+                Ok(event) => {
+                    let keyed = keyed(event, fingerprint);
+                    prints.changed(keyed).then_some(())
+                }
                 Err(err) => {
                     let category = watch_error_category(&err);
                     metrics
@@ -451,6 +517,50 @@ mod tests {
         assert_eq!(
             next_run(ended, Some(ended), Duration::from_secs(20)),
             ended + SETTLE
+        );
+    }
+
+    #[test]
+    fn only_changes_of_what_the_audit_reads_count() {
+        use watcher::Event;
+        let mut prints = Fingerprints::default();
+        let first_list = [
+            Event::Init,
+            Event::InitApply(("shop/web".to_owned(), 1)),
+            Event::InitApply(("shop/api".to_owned(), 3)),
+            Event::InitDone,
+        ];
+        assert!(
+            first_list.into_iter().all(|e| !prints.changed(e)),
+            "the first list is what the audit reads anyway"
+        );
+        assert!(
+            !prints.changed(Event::Apply(("shop/web".to_owned(), 1))),
+            "a status update: same generation"
+        );
+        assert!(
+            prints.changed(Event::Apply(("shop/web".to_owned(), 2))),
+            "a new spec"
+        );
+        assert!(
+            prints.changed(Event::Apply(("shop/new".to_owned(), 1))),
+            "a new object"
+        );
+        assert!(prints.changed(Event::Delete(("shop/api".to_owned(), 3))));
+        // A re-list after a broken watch: a change only if the cluster differs from what was seen.
+        let same = [
+            Event::Init,
+            Event::InitApply(("shop/web".to_owned(), 2)),
+            Event::InitApply(("shop/new".to_owned(), 1)),
+        ];
+        assert!(same.into_iter().all(|e| !prints.changed(e)));
+        assert!(!prints.changed(Event::InitDone));
+        for e in [Event::Init, Event::InitApply(("shop/web".to_owned(), 2))] {
+            assert!(!prints.changed(e));
+        }
+        assert!(
+            prints.changed(Event::InitDone),
+            "shop/new went while the watch was down"
         );
     }
 
