@@ -25,6 +25,9 @@ use crate::node_info::{OS_LABEL, is_windows, node_facts};
 use crate::placement::is_hyperv_handler;
 use crate::registry::{Freshness, Registry};
 
+/// Objects per list request (the API server's pages; kube's default size).
+const LIST_PAGE: u32 = 500;
+
 /// One workload's line of the report.
 #[derive(Debug, Clone, Serialize)]
 pub struct Row {
@@ -287,23 +290,33 @@ where
         None => Api::all(client.clone()),
     };
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let items = api
-        .list(&ListParams::default())
-        .await
-        .with_context(|| format!("cannot list {kind}s"))?
-        .items;
-    Ok(items
-        .iter()
-        .filter(|o| !unowned_only || o.owner_references().is_empty())
-        .filter_map(|o| {
-            Some(Workload {
-                namespace: o.namespace().unwrap_or_default(),
-                kind: kind_name(&kind),
-                name: o.name_any(),
-                spec: template(o)?,
-            })
-        })
-        .collect())
+    // Page by page, keeping only each workload's pod template: the objects themselves (pods' statuses,
+    // managedFields) are dropped as each page is read.
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut workloads = Vec::new();
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .with_context(|| format!("cannot list {kind}s"))?;
+        workloads.extend(
+            page.items
+                .iter()
+                .filter(|o| !unowned_only || o.owner_references().is_empty())
+                .filter_map(|o| {
+                    Some(Workload {
+                        namespace: o.namespace().unwrap_or_default(),
+                        kind: kind_name(&kind),
+                        name: o.name_any(),
+                        spec: template(o)?,
+                    })
+                }),
+        );
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(workloads),
+        }
+    }
 }
 
 fn kind_name(kind: &str) -> &'static str {
