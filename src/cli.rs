@@ -260,6 +260,11 @@ pub struct RunArgs {
     /// and a Warning Event ImageOSUnknown says why.
     #[arg(long, env = "OSBUILD_PLACEMENT_DEADLINE", default_value = "30s", value_parser = parse_duration)]
     pub placement_deadline: Duration,
+    /// Run the audit (as `osbuild-controller audit` does) this often and export its verdicts as metrics
+    /// (osbuild_workloads, osbuild_workload_verdict; e.g. 10m). Off by default; needs the read-only rights
+    /// of manifests/components/audit.
+    #[arg(long, env = "OSBUILD_AUDIT_INTERVAL", value_parser = parse_duration)]
+    pub audit_interval: Option<Duration>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     /// Log format.

@@ -11,7 +11,7 @@ use crate::cli::{ClassifyArgs, CompatArgs, ExplainArgs, OutputFormat};
 use crate::core::catalog::{Channel, release_by_name, release_for_build};
 use crate::core::compat::{Compatibility, compat, process_isolation_builds};
 use crate::core::labels::{LabelKeys, node_labels};
-use crate::core::mismatch::{Classification, classify};
+use crate::core::mismatch::{Classification, classify, is_ambiguous_platform_error};
 use crate::core::version::{
     KernelFormat, KernelVersion, KernelVersionError, WindowsVersion, parse_build_revision,
     parse_kernel_version,
@@ -255,6 +255,7 @@ pub fn classify_command(args: &ClassifyArgs, stdin: &mut dyn Read) -> Result<Str
     }
     Ok(match answer.variant {
         Some(variant) => format!("os mismatch: yes (variant {variant})"),
+        None if is_ambiguous_platform_error(&message) => "os mismatch: not from the message alone (containerd's \"no match for platform\" names no OS: it is the mismatch, variant pull-no-match-for-platform, only if the image has Windows entries none of which the host runs; `osbuild-controller image REF` shows them, and the controller reads them)".to_owned(),
         None => "os mismatch: no".to_owned(),
     })
 }

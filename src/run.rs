@@ -19,7 +19,7 @@ use crate::pods::{self, PodOptions};
 use crate::server::{self, ServerState};
 use crate::shared::{self, Shared};
 use crate::supervisor::Supervisor;
-use crate::{index, signals};
+use crate::{audit, index, signals};
 
 pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     let health = Arc::new(Health::default());
@@ -68,11 +68,15 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         &PodOptions {
             annotate: args.annotate_pods,
             namespace: args.namespace.clone(),
+            registry: args.registry.options(),
         },
         &mut tasks,
-    );
+    )?;
     if args.placement {
         placement::start(&shared, placement_options(&args), &mut tasks)?;
+    }
+    if let Some(interval) = args.audit_interval {
+        audit::in_cluster::start(&shared, audit_options(&args, interval), &mut tasks)?;
     }
     if args.leader_elect {
         lease::start(&shared, lease_config(&args), &mut tasks);
@@ -128,6 +132,14 @@ fn placement_options(args: &RunArgs) -> PlacementOptions {
     }
 }
 
+fn audit_options(args: &RunArgs, interval: std::time::Duration) -> audit::in_cluster::AuditOptions {
+    audit::in_cluster::AuditOptions {
+        interval,
+        namespace: args.namespace.clone(),
+        registry: args.registry.options(),
+    }
+}
+
 fn lease_config(args: &RunArgs) -> LeaseConfig {
     LeaseConfig {
         name: args.lease_name.clone(),
@@ -152,6 +164,7 @@ fn log_configuration(args: &RunArgs, keys: &LabelKeys) {
         concurrency = args.concurrency,
         placement = args.placement,
         placement_deadline = ?args.placement_deadline,
+        audit_interval = ?args.audit_interval,
         "starting osbuild-controller {}",
         env!("CARGO_PKG_VERSION")
     );

@@ -3,6 +3,10 @@
 //! wrong and mixed nodes, a tainted pool, a Hyper-V RuntimeClass with a nodeSelector, an unreadable image,
 //! and `--if-nodes` turning verdicts around.
 //!
+//! The in-cluster audit (`run --audit-interval`) runs with the ServiceAccount and RBAC of the manifests
+//! (base plus components/audit): a broken workload shows in `osbuild_workload_verdict` and leaves it when
+//! fixed (the change triggers the next audit well before its interval).
+//!
 //! The shared control plane holds other tests' nodes too, so every workload here selects this test's nodes
 //! (its run label or its pools), and the audit is scoped to the test's namespace.
 
@@ -17,7 +21,10 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
-use support::{RUN_LABEL, TestEnv, kubectl_with_stdin, registries};
+use support::{
+    Access, Controller, RUN_LABEL, TIMEOUT, TestEnv, access, allowed, eventually,
+    kubectl_with_stdin, registries,
+};
 
 /// Runs the audit of `namespace` with `extra` flags; returns (exit code, verdict by workload, the report).
 fn audit(namespace: &str, extra: &[&str]) -> (i32, BTreeMap<String, Value>, Value) {
@@ -316,5 +323,257 @@ spec:
 
     let _ = kubectl_with_stdin(&["delete", "runtimeclass", &hyperv], "");
     healthy.cleanup().await;
+    env.cleanup().await;
+}
+
+/// The base manifests plus components/audit, RBAC and ServiceAccount only, under this test's name prefix and
+/// namespace (so the grants stay the test's own). Returns the rendered YAML and the ServiceAccount's name.
+fn audit_rbac(prefix: &str, namespace: &str) -> (String, String) {
+    // kustomize takes only relative paths to other kustomizations: a directory two levels below the repo.
+    // Two passes, as tests/manifests.rs does: render base and component, then rename (a single pass would
+    // leave the bindings' subjects at the base's names).
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("{prefix}-audit-rbac"));
+    std::fs::create_dir_all(dir.join("renamed")).unwrap();
+    std::fs::write(
+        dir.join("kustomization.yaml"),
+        "resources:\n  - ../../manifests/base\ncomponents:\n  - ../../manifests/components/audit\n",
+    )
+    .unwrap();
+    let shipped = kubectl_with_stdin(&["kustomize", dir.to_str().unwrap()], "");
+    std::fs::write(dir.join("renamed/rendered.yaml"), shipped).unwrap();
+    std::fs::write(
+        dir.join("renamed/kustomization.yaml"),
+        format!("resources:\n  - rendered.yaml\nnamePrefix: {prefix}-\nnamespace: {namespace}\n"),
+    )
+    .unwrap();
+    let rendered = kubectl_with_stdin(&["kustomize", dir.join("renamed").to_str().unwrap()], "");
+    let _ = std::fs::remove_dir_all(&dir);
+    let keep = ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"];
+    let objects: Vec<Value> = rendered
+        .split("\n---\n")
+        .filter_map(serde_yaml_doc)
+        .filter(|o| keep.contains(&o["kind"].as_str().unwrap_or_default()))
+        .collect();
+    assert_eq!(
+        objects.len(),
+        5,
+        "SA, base and audit roles and bindings: {objects:?}"
+    );
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": objects}).to_string();
+    (list, format!("{prefix}-osbuild-controller"))
+}
+
+fn serde_yaml_doc(doc: &str) -> Option<Value> {
+    let value: Value = serde_norway::from_str(doc).ok()?;
+    value.is_object().then_some(value)
+}
+
+#[tokio::test]
+async fn in_cluster_audit_exports_a_broken_workload_until_it_is_fixed() {
+    let env = TestEnv::new("audit-loop").await;
+    let (ns, run) = (env.namespace.as_str(), env.prefix.as_str());
+    env.create_node("ws2019", "windows", "10.0.17763.3887", &[])
+        .await;
+    let r = registries();
+    let (ltsc2019, ltsc2022) = (r.plain("windows/ltsc2019"), r.plain("windows/ltsc2022"));
+
+    // The shipped RBAC: the base's ClusterRole plus components/audit's, bound to a ServiceAccount.
+    let system = format!("{run}-sys");
+    kubectl_with_stdin(&["create", "namespace", &system], "");
+    let (rbac, sa) = audit_rbac(run, &system);
+    kubectl_with_stdin(&["apply", "-f", "-"], &rbac);
+    // Read-only: it may list and watch workloads and get a pull secret by name, never list or watch
+    // secrets or change workloads (the positive controls are the grants the run below relies on).
+    let may = |a: Access<'static>| {
+        let (client, system, sa) = (env.client.clone(), system.clone(), sa.clone());
+        async move { allowed(&client, &system, &sa, &a).await }
+    };
+    eventually("the RBAC grants in effect", TIMEOUT, || async {
+        may(access("list", "apps", "deployments"))
+            .await
+            .then_some(())
+    })
+    .await;
+    assert!(may(access("get", "", "secrets").ns("shop").named("regcred")).await);
+    assert!(!may(access("list", "", "secrets")).await);
+    assert!(
+        !may(access("patch", "apps", "deployments")
+            .ns("shop")
+            .named("web"))
+        .await
+    );
+    assert!(!may(access("watch", "", "secrets")).await);
+    assert!(!may(access("watch", "node.k8s.io", "runtimeclasses")).await);
+    let kubeconfig = std::env::temp_dir().join(format!("{run}-audit.kubeconfig"));
+    support::token_kubeconfig(
+        &env.client,
+        support::kubeconfig(),
+        &system,
+        &sa,
+        &kubeconfig,
+    )
+    .await;
+
+    let deployment = |name: &str, image: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      os: {{name: windows}}
+      nodeSelector: {{{RUN_LABEL}: {run}}}
+      containers: [{{name: app, image: "{image}"}}]
+"#
+        )
+    };
+    // Only a 2019 node: the ltsc2022 image runs nowhere it can land (broken); the ltsc2019 one is ok.
+    apply(&deployment("web", &ltsc2022));
+    apply(&deployment("fine", &ltsc2019));
+
+    let controller = Controller::spawn_with_kubeconfig(
+        &env,
+        &kubeconfig,
+        &[
+            // Two minutes: the fix below can only show within the 30 s of `eventually` because the change
+            // brings the next audit forward (a tenth of the interval after the first), not by the period.
+            "--audit-interval",
+            "2m",
+            "--namespace",
+            ns,
+            "--placement=false",
+            "--registry-insecure",
+            r.plain_host(),
+        ],
+    );
+    controller.wait_ready().await;
+    let web = [
+        ("namespace", ns),
+        ("kind", "Deployment"),
+        ("name", "web"),
+        ("verdict", "broken"),
+    ];
+    eventually("the broken workload in the metrics", TIMEOUT, || async {
+        let scrape = controller.scrape().await;
+        (scrape.value("osbuild_workload_verdict", &web) == Some(1.0)
+            && scrape.value("osbuild_workloads", &[("verdict", "broken")]) == Some(1.0)
+            && scrape.value("osbuild_workloads", &[("verdict", "ok")]) == Some(1.0))
+        .then_some(())
+    })
+    .await;
+    let scrape = controller.scrape().await;
+    assert_eq!(
+        scrape.sum_where("osbuild_workload_verdict", |_| true),
+        1.0,
+        "only the broken workload has a series of its own, not the ok one"
+    );
+
+    // Fixed: the 2019 image. The Deployment's change triggers an audit; the series goes, and it counts as ok.
+    apply(&deployment("web", &ltsc2019));
+    eventually(
+        "the fixed workload gone from the metrics",
+        TIMEOUT,
+        || async {
+            let scrape = controller.scrape().await;
+            (scrape.value("osbuild_workload_verdict", &web).is_none()
+                && scrape.value("osbuild_workloads", &[("verdict", "ok")]) == Some(2.0)
+                && scrape.value("osbuild_workloads", &[("verdict", "broken")]) == Some(0.0))
+            .then_some(())
+        },
+    )
+    .await;
+    let scrape = controller.scrape().await;
+    assert!(
+        scrape
+            .value("osbuild_audit_runs_total", &[("outcome", "ok")])
+            .unwrap_or(0.0)
+            >= 2.0
+    );
+    assert_eq!(
+        scrape.value("osbuild_audit_runs_total", &[("outcome", "error")]),
+        None,
+        "the shipped RBAC lets every list through; log:\n{}",
+        controller.log()
+    );
+    assert_eq!(
+        scrape.sum_where("osbuild_reconcile_errors_total", |_| true),
+        0.0,
+        "log:\n{}",
+        controller.log()
+    );
+
+    drop(controller);
+    kubectl_with_stdin(&["delete", "--wait=false", "-f", "-"], &rbac);
+    kubectl_with_stdin(&["delete", "namespace", &system, "--wait=false"], "");
+    env.cleanup().await;
+}
+
+/// Without the audit's rights (the base's alone), the in-cluster audit cannot list RuntimeClasses or
+/// workloads: each run is counted as an error (`forbidden`), no verdict is exported, and the controller
+/// stays ready (the audit is not part of readiness). The positive control is the test above, with
+/// components/audit.
+#[tokio::test]
+async fn in_cluster_audit_without_its_rights_reports_forbidden_and_stays_ready() {
+    let env = TestEnv::new("audit-norbac").await;
+    let kubeconfig = env.service_account_kubeconfig("base-only").await;
+    let role = env
+        .grant(
+            "base",
+            "base-only",
+            json!([
+                {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch"]},
+                {"apiGroups": [""], "resources": ["pods", "events"], "verbs": ["get", "list", "watch"]}
+            ]),
+        )
+        .await;
+    let controller = Controller::spawn_with_kubeconfig(
+        &env,
+        &kubeconfig,
+        &[
+            "--audit-interval",
+            "1s",
+            "--placement=false",
+            "--registry-insecure",
+            registries().plain_host(),
+        ],
+    );
+    controller.wait_ready().await;
+    eventually("failed audits counted as forbidden", TIMEOUT, || async {
+        let scrape = controller.scrape().await;
+        (scrape
+            .value("osbuild_audit_runs_total", &[("outcome", "error")])
+            .unwrap_or(0.0)
+            >= 2.0
+            && scrape
+                .value(
+                    "osbuild_reconcile_errors_total",
+                    &[("controller", "audit"), ("category", "forbidden")],
+                )
+                .unwrap_or(0.0)
+                >= 2.0)
+            .then_some(())
+    })
+    .await;
+    let scrape = controller.scrape().await;
+    assert_eq!(
+        scrape.value("osbuild_audit_runs_total", &[("outcome", "ok")]),
+        None
+    );
+    assert!(
+        scrape.families("osbuild_workload").is_empty(),
+        "no verdicts without an audit: {:?}",
+        scrape.families("osbuild_workload")
+    );
+    assert_eq!(controller.get("/readyz").await.0, 200, "still ready");
+    assert_eq!(controller.get("/healthz").await.0, 200, "still alive");
+    drop(controller);
+    env.revoke(&role).await;
     env.cleanup().await;
 }

@@ -3,7 +3,8 @@
 //!
 //! - `helm lint --strict`, with the defaults and with every switch turned;
 //! - the default render is the kustomize manifests (parsed objects, not text), the annotatePods switch is the
-//!   annotate-pods overlay, the Prometheus switches are manifests/prometheus;
+//!   annotate-pods overlay, the audit switch the audit overlay, the Prometheus switches are
+//!   manifests/prometheus;
 //! - every values switch rendered, applied server-side (dry run, then for real) and its RBAC checked with
 //!   SubjectAccessReviews: the ServiceAccount may do what the chosen options need and nothing more;
 //! - bad values fail at `helm install` (values.schema.json) and create nothing;
@@ -240,6 +241,24 @@ fn default_render_is_the_kustomize_manifests() {
         comparable(annotating, "Helm"),
         comparable(overlay, "kustomize"),
     );
+    // And the audit switch is the audit overlay (base, placement and components/audit).
+    let auditing = template(
+        "osbuild-controller",
+        "osbuild-controller",
+        &["audit.enabled=true".into()],
+    );
+    let mut overlay = kustomize("manifests/overlays/audit");
+    overlay.retain(|o| o["kind"] != "Namespace");
+    assert!(
+        overlay
+            .iter()
+            .any(|o| o["metadata"]["name"] == "osbuild-controller-audit"),
+        "the overlay has the audit's ClusterRole"
+    );
+    assert_same_objects(
+        comparable(auditing, "Helm"),
+        comparable(overlay, "kustomize"),
+    );
     // Every object names its chart (Artifact Hub and `helm get` rely on it).
     for o in &helm {
         assert_eq!(
@@ -301,6 +320,8 @@ fn every_switch(namespace: &str, watched: &str) -> Vec<String> {
         r#"leaderElection.leaseDuration="20s""#.into(),
         "controller.annotatePods=true".into(),
         format!(r#"controller.watchNamespace="{watched}""#),
+        "audit.enabled=true".into(),
+        r#"audit.interval="5m""#.into(),
         r#"controller.nodeSelector="kubernetes.io/os=windows""#.into(),
         r#"controller.osbuildLabel="example.com/osbuild""#.into(),
         r#"controller.labelPrefix="osbuild.example.com""#.into(),
@@ -353,6 +374,7 @@ fn expected<'a>(
     annotate: bool,
     leader: bool,
     placement: bool,
+    audit: bool,
 ) -> Expected<'a> {
     let mut needed = vec![
         access("get", "", "nodes"),
@@ -443,6 +465,60 @@ fn expected<'a>(
         needed.extend(placement_access);
     } else {
         forbidden.extend(placement_access);
+    }
+    // The audit: list and watch the workload kinds (in the watched namespace only, when there is one),
+    // list RuntimeClasses; get pull secrets and ServiceAccounts by name. No writes, no secret listing
+    // (above).
+    let audited = watched.unwrap_or("shop");
+    let namespaced_audit = [
+        access("list", "apps", "deployments").ns(audited),
+        access("watch", "apps", "deployments").ns(audited),
+        access("watch", "batch", "cronjobs").ns(audited),
+        access("list", "apps", "statefulsets").ns(audited),
+        access("list", "apps", "daemonsets").ns(audited),
+        access("list", "apps", "replicasets").ns(audited),
+        access("list", "batch", "jobs").ns(audited),
+        access("list", "batch", "cronjobs").ns(audited),
+        access("get", "", "secrets").ns(audited).named("regcred"),
+        access("get", "", "serviceaccounts")
+            .ns(audited)
+            .named("default"),
+    ];
+    forbidden.extend([
+        access("patch", "apps", "deployments")
+            .ns(audited)
+            .named("web"),
+        access("delete", "batch", "jobs").ns(audited).named("web"),
+        access("watch", "node.k8s.io", "runtimeclasses"),
+    ]);
+    let runtime_classes = access("list", "node.k8s.io", "runtimeclasses");
+    if audit {
+        needed.extend(namespaced_audit);
+        needed.push(runtime_classes);
+        if watched.is_some() {
+            forbidden.extend([
+                access("list", "apps", "deployments"),
+                access("watch", "apps", "deployments"),
+                access("list", "apps", "deployments").ns("shop"),
+            ]);
+            if !placement {
+                forbidden.push(access("get", "", "secrets").ns("shop").named("regcred"));
+            }
+        } else {
+            needed.extend([
+                access("list", "apps", "deployments"),
+                access("watch", "apps", "deployments"),
+            ]);
+        }
+    } else {
+        // Placement also reads secrets and ServiceAccounts by name: only lists and watches are the audit's
+        // alone.
+        forbidden.extend(
+            namespaced_audit
+                .into_iter()
+                .filter(|a| a.verb != "get" || !placement),
+        );
+        forbidden.push(runtime_classes);
     }
     let lease_access = [
         access("create", "coordination.k8s.io", "leases").ns(ns),
@@ -571,6 +647,17 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
             ],
         },
         Variant {
+            name: "audit",
+            sets: vec!["audit.enabled=true".into()],
+        },
+        Variant {
+            name: "audit-watch",
+            sets: vec![
+                "audit.enabled=true".into(),
+                format!(r#"controller.watchNamespace="{watched}""#),
+            ],
+        },
+        Variant {
             name: "norbac",
             sets: vec!["rbac.create=false".into()],
         },
@@ -613,9 +700,10 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
             .collect();
 
         let placement = kinds.contains("MutatingAdmissionPolicy");
+        let audit = matches!(variant.name, "audit" | "audit-watch" | "all");
         let (watch, annotate, leader) = match variant.name {
             "annotate" => (None, true, true),
-            "watch" => (Some(watched.as_str()), false, true),
+            "watch" | "audit-watch" => (Some(watched.as_str()), false, true),
             "single" => (None, false, false),
             "all" => (Some(watched.as_str()), true, true),
             _ => (None, false, true),
@@ -623,7 +711,7 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
         if variant.name == "norbac" {
             // Nothing granted: every need is refused (the positive control is the default variant).
             assert!(!kinds.contains("ClusterRole") && !kinds.contains("Role"));
-            let needs = expected(&env.namespace, fullname, None, false, true, false);
+            let needs = expected(&env.namespace, fullname, None, false, true, false, true);
             for a in &needs.needed {
                 assert!(
                     !allowed(&env.client, &env.namespace, &sa, a).await,
@@ -635,7 +723,15 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
                 &env.client,
                 &env.namespace,
                 &sa,
-                &expected(&env.namespace, fullname, watch, annotate, leader, placement),
+                &expected(
+                    &env.namespace,
+                    fullname,
+                    watch,
+                    annotate,
+                    leader,
+                    placement,
+                    audit,
+                ),
             )
             .await;
             assert!(
@@ -646,6 +742,12 @@ async fn every_switch_applies_server_side_and_its_rbac_follows() {
             );
         }
         assert_eq!(args.contains(&"--annotate-pods".to_owned()), annotate);
+        let interval = if variant.name == "all" { "5m" } else { "10m" };
+        assert_eq!(
+            args.contains(&format!("--audit-interval={interval}")),
+            audit,
+            "{args:?}"
+        );
         assert_eq!(args.contains(&"--leader-elect".to_owned()), leader);
         if leader {
             assert!(
@@ -740,6 +842,8 @@ async fn bad_values_fail_at_helm_install_and_create_nothing() {
         ("imagePullSecrets=[\"regcred\"]", "/imagePullSecrets"),
         ("typo=1", "additional properties 'typo'"),
         ("placement.enabled=\"yes\"", "/placement/enabled"),
+        ("audit.enabled=\"yes\"", "/audit/enabled"),
+        ("audit.interval=\"0s\"", "/audit/interval"),
         (
             "leaderElection.enabled=false",
             "needs leaderElection.enabled",

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::{
-    Controller, TestEnv, built_by, ensure_monitoring_crds, eventually, free_port, http_get,
-    kubectl_with_stdin,
+    Controller, RUN_LABEL, TestEnv, built_by, ensure_monitoring_crds, eventually, free_port,
+    http_get, kubectl_with_stdin, registries,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -726,6 +726,117 @@ fn yaml_documents(text: &str) -> Vec<Value> {
 
 /// `kubectl apply -k dashboards` and the chart's `dashboard.enabled=true` give the same ConfigMap, which the
 /// API server accepts, labelled for Grafana's sidecar and holding the dashboard as it is in the repository.
+/// The in-cluster audit's alerts: a Deployment at risk (it can land on a 2019 and a 2022 node, its ltsc2022
+/// image runs on the 2022 one only) and one broken (pinned to the 2019 pool), images read from the real
+/// test registry. Both fire; a multi-build image (2019 and 2022 entries) fixes both, the change triggers
+/// the next audit, and both resolve.
+#[tokio::test]
+async fn workload_at_risk_and_broken_fire_and_resolve() {
+    let env = TestEnv::new("prom-audit").await;
+    let (ns, run) = (env.namespace.as_str(), env.prefix.as_str());
+    let win19 = format!("{run}-win19");
+    env.create_node(
+        "ws2019",
+        "windows",
+        "10.0.17763.3887",
+        &[("agentpool", &win19)],
+    )
+    .await;
+    env.create_node("ws2022", "windows", "10.0.20348.2655", &[])
+        .await;
+    let r = registries();
+    let deployment = |name: &str, selector: &str, image: &str| {
+        format!(
+            r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  selector: {{matchLabels: {{app: {name}}}}}
+  template:
+    metadata: {{labels: {{app: {name}}}}}
+    spec:
+      os: {{name: windows}}
+      nodeSelector: {selector}
+      containers: [{{name: app, image: "{image}"}}]
+"#
+        )
+    };
+    let everywhere = format!("{{{RUN_LABEL}: {run}}}");
+    let pool19 = format!("{{agentpool: {win19}}}");
+    let ltsc2022 = r.plain("windows/ltsc2022");
+    kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        &deployment("risky", &everywhere, &ltsc2022),
+    );
+    kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        &deployment("pinned", &pool19, &ltsc2022),
+    );
+    let controller = Controller::start(
+        &env,
+        &[
+            "--audit-interval",
+            "2m",
+            "--namespace",
+            ns,
+            "--placement=false",
+            "--registry-insecure",
+            r.plain_host(),
+        ],
+    )
+    .await;
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&controller.metrics_addr]);
+    wait_scraped(&prometheus, &controller.metrics_addr).await;
+
+    let risky = [("namespace", ns), ("kind", "Deployment"), ("name", "risky")];
+    let pinned = [
+        ("namespace", ns),
+        ("kind", "Deployment"),
+        ("name", "pinned"),
+    ];
+    tokio::join!(
+        prometheus.wait_pending_then_firing("OSBuildWorkloadAtRisk", &risky),
+        prometheus.wait_pending_then_firing("OSBuildWorkloadBroken", &pinned),
+    );
+    // Each alert names its own workload only.
+    assert_eq!(
+        prometheus
+            .alert_state("OSBuildWorkloadBroken", &risky)
+            .await,
+        None
+    );
+    assert_eq!(
+        prometheus
+            .alert_state("OSBuildWorkloadAtRisk", &pinned)
+            .await,
+        None
+    );
+
+    let multi = r.plain("windows/multi");
+    kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        &deployment("risky", &everywhere, &multi),
+    );
+    kubectl_with_stdin(
+        &["apply", "-f", "-"],
+        &deployment("pinned", &pool19, &multi),
+    );
+    tokio::join!(
+        prometheus.wait_resolved("OSBuildWorkloadAtRisk", &risky),
+        prometheus.wait_resolved("OSBuildWorkloadBroken", &pinned),
+    );
+    let rules = prometheus.api("/api/v1/rules").await;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+        }
+    }
+    drop(controller);
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn dashboard_configmap_is_the_same_in_kustomize_and_helm_and_applies() {
     let env = TestEnv::new("prom-dashboard").await;

@@ -6,6 +6,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 
+use anyhow::Context as _;
+
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Node, Pod, PodSpec};
@@ -22,6 +24,9 @@ use crate::core::runs_on::Isolation;
 use crate::node_info::{OS_LABEL, is_windows, node_facts};
 use crate::placement::is_hyperv_handler;
 use crate::registry::{Freshness, Registry};
+
+/// Objects per list request (the API server's pages; kube's default size).
+const LIST_PAGE: u32 = 500;
 
 /// One workload's line of the report.
 #[derive(Debug, Clone, Serialize)]
@@ -57,21 +62,39 @@ struct Workload {
 pub async fn audit(args: &AuditArgs) -> anyhow::Result<Report> {
     let client = crate::run::client(&args.cluster).await?;
     let registry = Registry::new(args.registry.options())?;
+    survey(
+        &client,
+        &registry,
+        args.namespace.as_deref(),
+        &args.if_nodes,
+    )
+    .await
+}
+
+/// One audit of the cluster as it is now: every Windows workload (of `namespace`, or all), its candidate
+/// nodes and its images (from `registry`, cached), judged. Shared by the command and the in-cluster loop
+/// ([`super::in_cluster`]). Fails only when a list fails; an unreadable image is an `unknown` verdict.
+pub async fn survey(
+    client: &Client,
+    registry: &Registry,
+    namespace: Option<&str>,
+    what_ifs: &[WhatIf],
+) -> anyhow::Result<Report> {
     let nodes: Vec<Node> = Api::<Node>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot list nodes: {e}"))?
+        .context("cannot list nodes")?
         .items;
     let runtime_classes: HashMap<String, RuntimeClass> = Api::<RuntimeClass>::all(client.clone())
         .list(&ListParams::default())
         .await
-        .map_err(|e| anyhow::anyhow!("cannot list runtimeclasses: {e}"))?
+        .context("cannot list runtimeclasses")?
         .items
         .into_iter()
         .map(|rc| (rc.name_any(), rc))
         .collect();
     let mut rows = Vec::new();
-    for workload in workloads(&client, args.namespace.as_deref()).await? {
+    for workload in workloads(client, namespace).await? {
         let runtime_class = workload
             .spec
             .runtime_class_name
@@ -85,8 +108,8 @@ pub async fn audit(args: &AuditArgs) -> anyhow::Result<Report> {
             Some(rc) if is_hyperv_handler(&rc.handler) => Isolation::HyperV,
             _ => Isolation::Process,
         };
-        let candidates = candidates(&nodes, &workload.spec, scheduling, &args.if_nodes);
-        rows.push(judge_workload(&client, &registry, workload, &candidates, isolation).await);
+        let candidates = candidates(&nodes, &workload.spec, scheduling, what_ifs);
+        rows.push(judge_workload(client, registry, workload, &candidates, isolation).await);
     }
     rows.sort_by(|a, b| {
         (a.verdict, &a.namespace, a.kind, &a.name).cmp(&(b.verdict, &b.namespace, b.kind, &b.name))
@@ -267,23 +290,33 @@ where
         None => Api::all(client.clone()),
     };
     let kind = K::kind(&K::DynamicType::default()).to_string();
-    let items = api
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot list {kind}s: {e}"))?
-        .items;
-    Ok(items
-        .iter()
-        .filter(|o| !unowned_only || o.owner_references().is_empty())
-        .filter_map(|o| {
-            Some(Workload {
-                namespace: o.namespace().unwrap_or_default(),
-                kind: kind_name(&kind),
-                name: o.name_any(),
-                spec: template(o)?,
-            })
-        })
-        .collect())
+    // Page by page, keeping only each workload's pod template: the objects themselves (pods' statuses,
+    // managedFields) are dropped as each page is read.
+    let mut params = ListParams::default().limit(LIST_PAGE);
+    let mut workloads = Vec::new();
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .with_context(|| format!("cannot list {kind}s"))?;
+        workloads.extend(
+            page.items
+                .iter()
+                .filter(|o| !unowned_only || o.owner_references().is_empty())
+                .filter_map(|o| {
+                    Some(Workload {
+                        namespace: o.namespace().unwrap_or_default(),
+                        kind: kind_name(&kind),
+                        name: o.name_any(),
+                        spec: template(o)?,
+                    })
+                }),
+        );
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(workloads),
+        }
+    }
 }
 
 fn kind_name(kind: &str) -> &'static str {

@@ -37,6 +37,12 @@ pub enum Variant {
     /// host".
     #[serde(rename = "docker-version-check")]
     DockerVersionCheck,
+    /// containerd's pull-time "no match for platform in manifest: not found", when the image's platforms,
+    /// read from its registry, have Windows entries none of which the host runs. Never from [`classify`]
+    /// alone: the message names no OS (a Linux-only image says the same), so only the controller, which
+    /// reads the image, gives this variant.
+    #[serde(rename = "pull-no-match-for-platform")]
+    PullNoMatchForPlatform,
 }
 
 impl Variant {
@@ -47,6 +53,7 @@ impl Variant {
             Variant::Containerd => "containerd",
             Variant::PullNoMatchingManifest => "pull-no-matching-manifest",
             Variant::DockerVersionCheck => "docker-version-check",
+            Variant::PullNoMatchForPlatform => "pull-no-match-for-platform",
         }
     }
 
@@ -55,7 +62,9 @@ impl Variant {
     pub fn is_pull_time(self) -> bool {
         matches!(
             self,
-            Variant::PullNoMatchingManifest | Variant::DockerVersionCheck
+            Variant::PullNoMatchingManifest
+                | Variant::DockerVersionCheck
+                | Variant::PullNoMatchForPlatform
         )
     }
 }
@@ -132,7 +141,8 @@ pub fn classify(message: &str) -> Classification {
 
 /// containerd's `no match for platform in manifest`: the mismatch only if the image has Windows entries,
 /// none of which the host runs; a Linux-only image says the same. The caller decides with the image's
-/// platforms from its registry.
+/// platforms from its registry (the pod detector: `pods::ambiguous`), and calls it
+/// [`Variant::PullNoMatchForPlatform`].
 pub fn is_ambiguous_platform_error(message: &str) -> bool {
     fold(message).contains(AMBIGUOUS_PLATFORM_PHRASE)
 }

@@ -29,6 +29,13 @@ pub struct Failure {
 /// Every container of the pod whose current failure is the mismatch. A container that runs again has
 /// recovered, even while `lastState` still shows the old failure.
 pub fn active_failures(pod: &Pod) -> Vec<Failure> {
+    active_failures_confirmed(pod, &[])
+}
+
+/// [`active_failures`], and also the containers in `confirmed` whose pull fails with containerd's ambiguous
+/// "no match for platform in manifest": the driver read their images and found Windows entries none of
+/// which the node runs ([`super::ambiguous`]).
+pub fn active_failures_confirmed(pod: &Pod, confirmed: &[String]) -> Vec<Failure> {
     let Some(status) = pod.status.as_ref() else {
         return Vec::new();
     };
@@ -38,7 +45,13 @@ pub fn active_failures(pod: &Pod) -> Vec<Failure> {
         .flatten()
         .chain(status.container_statuses.iter().flatten());
     statuses
-        .filter_map(|cs| failure_of(cs).map(|variant| (cs, variant)))
+        .filter_map(|cs| {
+            let variant = failure_of(cs).or_else(|| {
+                (confirmed.contains(&cs.name) && super::ambiguous::pull_is_ambiguous(cs))
+                    .then_some(Variant::PullNoMatchForPlatform)
+            });
+            variant.map(|variant| (cs, variant))
+        })
         .map(|(cs, variant)| Failure {
             container: cs.name.clone(),
             image: spec_image(pod, &cs.name).unwrap_or_else(|| cs.image.clone()),
@@ -98,7 +111,7 @@ pub fn pulls_failing(pod: &Pod) -> Vec<String> {
 }
 
 /// The image as the user wrote it in the spec (the status may show a resolved digest).
-fn spec_image(pod: &Pod, container: &str) -> Option<String> {
+pub fn spec_image(pod: &Pod, container: &str) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     spec.init_containers
         .iter()

@@ -18,7 +18,8 @@ use crate::node_info::NodeFacts;
 use crate::core::mismatch::Variant;
 
 use super::detect::{
-    Failure, SANDBOX, SandboxFailure, active_failures, main_image, pulls_failing, sandbox_recovered,
+    Failure, SANDBOX, SandboxFailure, active_failures_confirmed, main_image, pulls_failing,
+    sandbox_recovered,
 };
 use super::remedy::{annotation_value, finding_message};
 
@@ -129,6 +130,17 @@ impl Episodes {
     /// A pod as the watch sees it now, with the facts of the node it is bound to (`None`: unbound, or a
     /// node the index does not know).
     pub fn pod_observed(&mut self, pod: &Pod, facts: Option<&NodeFacts>) -> Vec<Effect> {
+        self.pod_observed_confirmed(pod, facts, &[])
+    }
+
+    /// [`Self::pod_observed`], with the containers whose ambiguous pull error the driver confirmed as the
+    /// mismatch from their images' platforms ([`super::ambiguous`]).
+    pub fn pod_observed_confirmed(
+        &mut self,
+        pod: &Pod,
+        facts: Option<&NodeFacts>,
+        confirmed: &[String],
+    ) -> Vec<Effect> {
         let Some(pod_ref) = PodRef::of(pod) else {
             return Vec::new();
         };
@@ -143,7 +155,7 @@ impl Episodes {
             _ => None,
         };
         let failures = match windows_node {
-            Some(_) if !terminating => active_failures(pod),
+            Some(_) if !terminating => active_failures_confirmed(pod, confirmed),
             _ => Vec::new(),
         };
         let still_pulling = if terminating {
@@ -182,6 +194,13 @@ impl Episodes {
             effects.push(self.annotation(&pod_ref));
         }
         effects
+    }
+
+    /// Whether this container of this pod is in an episode: the driver then need not read its image again.
+    pub fn is_flagged(&self, uid: &str, container: &str) -> bool {
+        self.flagged
+            .get(uid)
+            .is_some_and(|f| f.contains_key(container))
     }
 
     /// Whether the sandbox of this pod is already flagged: the driver then need not read the pod.

@@ -3,9 +3,12 @@
 //! counter, and (with `--annotate-pods`) an annotation.
 //!
 //! Pure parts: [`detect`] finds failures in a pod or an Event, [`remedy`] words the finding, [`episodes`]
-//! decides what to flag and clear. This module is the driver: it feeds watch events in and carries the
-//! effects out. It reads the Node index and never the node controller.
+//! decides what to flag and clear, [`ambiguous`] decides containerd's ambiguous pull error from the image's
+//! platforms. This module is the driver: it feeds watch events in, reads the images of ambiguous pull
+//! errors from their registries (cached), and carries the effects out. It reads the Node index and never
+//! the node controller.
 
+pub mod ambiguous;
 pub mod detect;
 pub mod episodes;
 pub mod remedy;
@@ -23,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::FIELD_MANAGER;
 use crate::events::api_error_category;
+use crate::registry::{Freshness, Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 use crate::watches::{LIST_PAGE_SIZE, observe_watch, probe_failing_watch};
@@ -43,10 +47,19 @@ pub struct PodOptions {
     pub annotate: bool,
     /// `--namespace`: watch one namespace only; all when `None`.
     pub namespace: Option<String>,
+    /// How to read images, for containerd's ambiguous pull error.
+    pub registry: RegistryOptions,
 }
 
-/// Starts the detector and the probes of its two watches.
-pub fn start(shared: &Arc<Shared>, options: &PodOptions, tasks: &mut Supervisor) {
+/// Starts the detector and the probes of its two watches; fails only on our own configuration (e.g. an
+/// unreadable `--registry-ca-file`).
+pub fn start(
+    shared: &Arc<Shared>,
+    options: &PodOptions,
+    tasks: &mut Supervisor,
+) -> anyhow::Result<()> {
+    let registry = Registry::new(options.registry.clone())?
+        .observe_requests(shared.metrics.registry_request_duration.clone());
     let client = shared.client.clone();
     let (pods, events): (Api<Pod>, Api<CoreEvent>) = match &options.namespace {
         Some(ns) => (
@@ -85,11 +98,12 @@ pub fn start(shared: &Arc<Shared>, options: &PodOptions, tasks: &mut Supervisor)
         CONTROLLER,
         detect(
             shared.clone(),
-            options.annotate,
+            (options.annotate, registry),
             (pods, events, sandbox_events),
             tasks.shutdown(),
         ),
     );
+    Ok(())
 }
 
 enum Input {
@@ -101,7 +115,7 @@ enum Input {
 /// Runs until `shutdown`. Waits for the Node index first: a pod's node must be known to judge it.
 async fn detect(
     shared: Arc<Shared>,
-    annotate: bool,
+    (annotate, registry): (bool, Registry),
     (pods, events, sandbox_events): (Api<Pod>, Api<CoreEvent>, watcher::Config),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -121,12 +135,22 @@ async fn detect(
     );
 
     let mut episodes = Episodes::new(shared.keys.clone());
+    let mut unreadable = Unreadable::default();
     while let Some(input) = inputs.next().await {
         let effects = match input {
             Input::Pod(event) => {
                 observe_watch(&shared.health, &shared.metrics, PODS_WATCH, &event);
                 match *event {
-                    Ok(event) => on_pod_event(&shared, &mut episodes, event),
+                    Ok(event) => {
+                        let confirmed = match &event {
+                            watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
+                                let reads = (&registry, &mut unreadable);
+                                confirm_ambiguous_pulls(&shared, reads, &episodes, pod).await
+                            }
+                            _ => Vec::new(),
+                        };
+                        on_pod_event(&shared, &mut episodes, event, &confirmed)
+                    }
                     Err(_) => Vec::new(),
                 }
             }
@@ -156,6 +180,7 @@ fn on_pod_event(
     shared: &Shared,
     episodes: &mut Episodes,
     event: watcher::Event<Pod>,
+    confirmed: &[String],
 ) -> Vec<Effect> {
     match event {
         watcher::Event::Init => {
@@ -168,10 +193,117 @@ fn on_pod_event(
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref())
                 .and_then(|node| shared.node_facts(node));
-            episodes.pod_observed(&pod, facts.as_ref())
+            episodes.pod_observed_confirmed(&pod, facts.as_ref(), confirmed)
         }
         watcher::Event::Delete(pod) => episodes.pod_deleted(&pod.uid().unwrap_or_default()),
         watcher::Event::InitDone => episodes.relist_done(),
+    }
+}
+
+/// The containers of a pod on a Windows node whose pull fails with containerd's ambiguous "no match for
+/// platform in manifest" and whose image, read from its registry (cached; the pod's pull secrets when the
+/// controller may read them, else anonymously), has Windows entries none of which the node runs. An image
+/// that cannot be read is not flagged: nothing then shows the cause is the Windows build.
+#[tracing::instrument(skip_all, fields(namespace, pod))]
+async fn confirm_ambiguous_pulls(
+    shared: &Shared,
+    (registry, unreadable): (&Registry, &mut Unreadable),
+    episodes: &Episodes,
+    pod: &Pod,
+) -> Vec<String> {
+    let pulls = ambiguous::ambiguous_pulls(pod);
+    if pulls.is_empty() {
+        return Vec::new();
+    }
+    let (Some(spec), Some(namespace), Some(uid)) = (pod.spec.as_ref(), pod.namespace(), pod.uid())
+    else {
+        return Vec::new();
+    };
+    let Some(facts) = spec
+        .node_name
+        .as_deref()
+        .and_then(|node| shared.node_facts(node))
+        .filter(|f| f.windows)
+    else {
+        return Vec::new();
+    };
+    tracing::Span::current()
+        .record("namespace", namespace.as_str())
+        .record("pod", pod.name_any().as_str());
+    let mut confirmed = Vec::new();
+    let mut keyring = None;
+    for pull in pulls {
+        // An episode in progress stays one: its image was read when it began.
+        if episodes.is_flagged(&uid, &pull.container) {
+            confirmed.push(pull.container);
+            continue;
+        }
+        if unreadable.recently(&pull.image) {
+            continue;
+        }
+        if keyring.is_none() {
+            keyring = Some(
+                crate::pull_secrets::keyring(&shared.client, &namespace, spec)
+                    .await
+                    .0,
+            );
+        }
+        let credential = keyring
+            .as_ref()
+            .map(|k| k.lookup(&pull.image))
+            .unwrap_or_default();
+        match registry
+            .resolve(&pull.image, &credential, Freshness::Cached)
+            .await
+        {
+            Ok(image) if ambiguous::is_platform_mismatch(&image.platforms, facts.version) => {
+                confirmed.push(pull.container);
+            }
+            Ok(_) => tracing::debug!(
+                container = pull.container,
+                image = pull.image,
+                "no match for platform, but not the Windows build: not the OS mismatch"
+            ),
+            Err(err) => {
+                tracing::info!(
+                    container = pull.container,
+                    image = pull.image,
+                    category = err.category(),
+                    error = %err.detail,
+                    "cannot read the image to tell containerd's pull error apart; not flagged"
+                );
+                unreadable.failed(pull.image);
+            }
+        }
+    }
+    confirmed
+}
+
+/// Images whose read failed lately. Each read may take up to `--registry-timeout` and the detector judges
+/// one event at a time, so pods of an unreachable registry must not stall it: such an image is not read
+/// again for [`Unreadable::RETRY_AFTER`] (its pods stay unflagged meanwhile, as any unreadable image).
+#[derive(Debug, Default)]
+struct Unreadable(std::collections::HashMap<String, std::time::Instant>);
+
+impl Unreadable {
+    const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+    /// Bounds the memory: past this many, expired entries go (and, if none has, all).
+    const CAPACITY: usize = 1024;
+
+    fn recently(&self, image: &str) -> bool {
+        self.0
+            .get(image)
+            .is_some_and(|at| at.elapsed() < Self::RETRY_AFTER)
+    }
+
+    fn failed(&mut self, image: String) {
+        if self.0.len() >= Self::CAPACITY {
+            self.0.retain(|_, at| at.elapsed() < Self::RETRY_AFTER);
+            if self.0.len() >= Self::CAPACITY {
+                self.0.clear();
+            }
+        }
+        self.0.insert(image, std::time::Instant::now());
     }
 }
 

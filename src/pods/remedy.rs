@@ -47,6 +47,7 @@ fn variant_name(variant: Variant) -> &'static str {
         Variant::Containerd => "containerd",
         Variant::PullNoMatchingManifest => "pull: no matching manifest",
         Variant::DockerVersionCheck => "Docker version check",
+        Variant::PullNoMatchForPlatform => "containerd pull: no match for platform",
     }
 }
 

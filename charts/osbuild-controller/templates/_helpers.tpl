@@ -68,3 +68,19 @@ helm.sh/chart: {{ include "osbuild-controller.chart" . }}
 {{- fail "replicaCount > 1 needs leaderElection.enabled: without it every replica would write" }}
 {{- end }}
 {{- end }}
+
+{{/*
+The in-cluster audit's namespaced rules: list and watch the workload kinds (Pods and Nodes with the
+controller's own rights), get the pull secrets and ServiceAccounts a workload names.
+*/}}
+{{- define "osbuild-controller.auditNamespacedRules" -}}
+- apiGroups: ["apps"]
+  resources: ["deployments", "statefulsets", "daemonsets", "replicasets"]
+  verbs: ["list", "watch"]
+- apiGroups: ["batch"]
+  resources: ["jobs", "cronjobs"]
+  verbs: ["list", "watch"]
+- apiGroups: [""]
+  resources: ["secrets", "serviceaccounts"]
+  verbs: ["get"]
+{{- end }}
