@@ -126,6 +126,14 @@ struct Args {
     /// Pod counts of the growth curve (at most --pods; measured from the largest down).
     #[arg(long, value_delimiter = ',', default_value = "10000,50000,150000")]
     growth_pods: Vec<usize>,
+    /// Placement: pods created at --placement-rate in each of two batches (cold cache, then warm), gated by
+    /// the shipped MutatingAdmissionPolicy (applied to this control plane), images from a registry started
+    /// here (`scripts/registry`, the test fixtures); 0 skips the phase.
+    #[arg(long, default_value_t = 0)]
+    placement_pods: usize,
+    /// Gated pods created per second in the placement phase.
+    #[arg(long, default_value_t = 50)]
+    placement_rate: u64,
     /// Where the growth plot (PNG) goes; default: next to the report, `<report>-growth.png`.
     #[arg(long)]
     plot: Option<PathBuf>,
@@ -141,8 +149,281 @@ fn tier(i: usize, tiers: &[usize], total: usize) -> usize {
         .unwrap_or(total.max(i + 1))
 }
 
+const PLACE_NS: &str = "osbuild-bench-place";
+const GATE: &str = "osbuild-controller.io/image-os";
+/// The distinct images of the placement phase: paths on the plain test registry (tests/registry/fixtures.sh).
+const PLACE_IMAGES: [&str; 8] = [
+    "windows/ltsc2019",
+    "windows/ltsc2022",
+    "windows/ltsc2025",
+    "windows/multi",
+    "windows/ws2016",
+    "windows/dockerlist",
+    "windows/single",
+    "windows/cached",
+];
 const NODE_TIER: &str = "osbuild-bench/tier";
 const POD_TIER: &str = "osbuild-bench/pod-tier";
+
+// ------------------------------------------------------------------------------------------ placement
+
+/// The test registries (`scripts/registry up` in a state dir of this run's own, fixtures pushed to the
+/// plain one); `down` on drop.
+struct Registry {
+    dir: PathBuf,
+    plain: String,
+}
+
+impl Registry {
+    fn start(work_dir: &Path) -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = work_dir.join("registry");
+        log("placement: starting the test registries (scripts/registry up)");
+        let up = Command::new(root.join("scripts/registry"))
+            .arg("up")
+            .env("OSBUILD_REGISTRY_DIR", &dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run scripts/registry up")?;
+        if !up.status.success() {
+            bail!("scripts/registry up failed ({})", up.status);
+        }
+        let vars: HashMap<String, String> = String::from_utf8_lossy(&up.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let plain = vars
+            .get("REGISTRY_PLAIN")
+            .cloned()
+            .ok_or_else(|| anyhow!("scripts/registry up printed no REGISTRY_PLAIN"))?;
+        let registry = Self { dir, plain };
+        let pushed = Command::new(root.join("tests/registry/fixtures.sh"))
+            .arg("plain")
+            .envs(&vars)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run tests/registry/fixtures.sh")?;
+        if !pushed.status.success() {
+            bail!("pushing the test images failed ({})", pushed.status);
+        }
+        Ok(registry)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(root.join("scripts/registry"))
+            .arg("down")
+            .env("OSBUILD_REGISTRY_DIR", &self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Applies the shipped MutatingAdmissionPolicy and its binding to this run's control plane (kubectl, as a
+/// user would) and waits until the API server gates a Windows pod (a server-side dry run).
+fn apply_placement_policy(args: &Args) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kubectl = args
+        .bindir
+        .as_ref()
+        .map_or_else(|| PathBuf::from("kubectl"), |d| d.join("kubectl"));
+    let policy = root.join("manifests/components/placement/mutatingadmissionpolicy.yaml");
+    let status = Command::new(&kubectl)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&policy)
+        .stdout(Stdio::null())
+        .status()
+        .context("run kubectl apply")?;
+    if !status.success() {
+        bail!("kubectl apply -f {} failed ({status})", policy.display());
+    }
+    let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "policy-probe", "namespace": PLACE_NS},
+        "spec": {"os": {"name": "windows"}, "containers": [{"name": "c", "image": "probe"}]}})
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut child = Command::new(&kubectl)
+            .args(["create", "--dry-run=server", "-o", "json", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(probe.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(GATE) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the admission policy never gated a Windows pod");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[derive(Debug, Default)]
+struct PlacementResults {
+    pods: usize,
+    /// The first pod of each distinct image after the controller started (its cache empty).
+    cold: Latency,
+    /// Every pod of the second batch (every image cached).
+    warm: Latency,
+    /// The controller's requests to the registry (`osbuild_registry_request_duration_seconds_count`).
+    registry_requests: f64,
+    /// Its image reads by outcome (`osbuild_image_resolutions_total`), from the cache or the registry.
+    resolutions: f64,
+    placed_with_affinity: usize,
+    failures: Vec<String>,
+}
+
+/// Creates `--placement-pods` gated Windows pods at `--placement-rate`, twice (cold cache, then warm), and
+/// times each from the create request to the moment a watch sees our gate gone.
+async fn placement(
+    admin: &Client,
+    args: &Args,
+    controller: &ControllerProcess,
+    plain: &str,
+) -> Result<PlacementResults> {
+    let api: Api<Pod> = Api::namespaced(admin.clone(), PLACE_NS);
+    let released: Arc<Mutex<HashMap<String, (Instant, bool)>>> = Arc::default();
+    {
+        let (api, released) = (api.clone(), released.clone());
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(api, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
+                    let spec = pod.spec.as_ref();
+                    let gated = spec
+                        .and_then(|s| s.scheduling_gates.as_ref())
+                        .is_some_and(|g| g.iter().any(|g| g.name == GATE));
+                    if !gated {
+                        let affinity = spec.and_then(|s| s.affinity.as_ref()).is_some_and(|a| {
+                            serde_json::to_string(a)
+                                .unwrap_or_default()
+                                .contains("beta.kubernetes.io/osbuild")
+                        });
+                        released
+                            .lock()
+                            .unwrap()
+                            .entry(pod.name_any())
+                            .or_insert((Instant::now(), affinity));
+                    }
+                }
+            }
+        });
+    }
+    let registry_before = controller
+        .metric("osbuild_registry_request_duration_seconds_count")
+        .await;
+    let resolutions_before = controller.metric("osbuild_image_resolutions_total").await;
+    let mut results = PlacementResults {
+        pods: args.placement_pods,
+        ..Default::default()
+    };
+    for batch in ["cold", "warm"] {
+        let sent: Arc<Mutex<Vec<(String, usize, Instant)>>> = Arc::default();
+        let interval = Duration::from_secs_f64(1.0 / args.placement_rate.max(1) as f64);
+        let start = Instant::now();
+        let progress = Progress::start(&format!("placement ({batch})"), args.placement_pods as u64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..args.placement_pods {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            let name = format!("place-{batch}-{i:04}");
+            let image = format!("{plain}/{}", PLACE_IMAGES[i % PLACE_IMAGES.len()]);
+            let pod: Pod = from_json(json!({
+                "metadata": {"name": name},
+                "spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "app", "image": image}]}
+            }))?;
+            let (api, sent, progress) = (api.clone(), sent.clone(), progress.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let result = retry(&format!("create pod {name}"), || create(&api, &pod)).await;
+                sent.lock().unwrap().push((name, i % PLACE_IMAGES.len(), t));
+                progress.inc();
+                result
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result??;
+        }
+        progress.finish();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let sent = std::mem::take(&mut *sent.lock().unwrap());
+        loop {
+            let done = {
+                let released = released.lock().unwrap();
+                sent.iter()
+                    .filter(|(n, _, _)| released.contains_key(n))
+                    .count()
+            };
+            if done == sent.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                results.failures.push(format!(
+                    "placement ({batch}): {} of {} pods still gated after 120 s",
+                    sent.len() - done,
+                    sent.len()
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let released = released.lock().unwrap();
+        let mut firsts: HashMap<usize, Instant> = HashMap::new();
+        let mut all = Vec::new();
+        let mut cold = Vec::new();
+        let mut sorted = sent.clone();
+        sorted.sort_by_key(|(_, _, t)| *t);
+        for (name, image, t) in &sorted {
+            if let Some((at, affinity)) = released.get(name) {
+                let d = at.saturating_duration_since(*t);
+                all.push(d);
+                results.placed_with_affinity += usize::from(*affinity);
+                if !firsts.contains_key(image) {
+                    firsts.insert(*image, *t);
+                    cold.push(d);
+                }
+            }
+        }
+        if batch == "cold" {
+            results.cold = latency(cold);
+        } else {
+            results.warm = latency(all);
+        }
+    }
+    results.registry_requests = controller
+        .metric("osbuild_registry_request_duration_seconds_count")
+        .await
+        - registry_before;
+    results.resolutions =
+        controller.metric("osbuild_image_resolutions_total").await - resolutions_before;
+    // Every image here is a Windows image with a known build: every pod must come out with the affinity.
+    if results.placed_with_affinity != 2 * args.placement_pods {
+        results.failures.push(format!(
+            "placement: {} of {} pods released with the osbuild affinity",
+            results.placed_with_affinity,
+            2 * args.placement_pods
+        ));
+    }
+    // The growth phase counts pods: remove these (grace 0, no kubelet here).
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    api.delete_collection(&params, &ListParams::default())
+        .await?;
+    Ok(results)
+}
 
 // ------------------------------------------------------------------------------------------ growth
 
@@ -358,7 +639,10 @@ fn draw_growth(path: &Path, points: &[GrowthPoint]) -> Result<()> {
 
 /// Marginal cost per node (KiB) at each pod count, and per pod seen (bytes) at each node count, from the
 /// smallest and largest points of each line.
-fn marginals(points: &[GrowthPoint]) -> (Vec<(usize, f64)>, Vec<(usize, f64)>) {
+/// (count, marginal cost) pairs.
+type Marginals = Vec<(usize, f64)>;
+
+fn marginals(points: &[GrowthPoint]) -> (Marginals, Marginals) {
     let at = |n: usize, p: usize| points.iter().find(|g| g.nodes == n && g.pods == p);
     let mut ns: Vec<usize> = points.iter().map(|p| p.nodes).collect();
     ns.sort_unstable();
@@ -1112,7 +1396,7 @@ async fn setup_identities(
     args: &Args,
     work_dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
-    for ns in [BENCH_NS, DETECT_NS]
+    for ns in [BENCH_NS, DETECT_NS, PLACE_NS]
         .into_iter()
         .map(str::to_owned)
         .chain((0..POD_NAMESPACES).map(|k| format!("bench-pods-{k}")))
@@ -1136,6 +1420,8 @@ async fn setup_identities(
             "rules": [
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
+                {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get"]},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
             ],
         }))?,
@@ -1576,6 +1862,7 @@ struct Results {
     restart_paged_ready: Duration,
     restart_paged: Option<Requests>,
     restart_paged_usage: Usage,
+    placement: Option<PlacementResults>,
     growth: Vec<GrowthPoint>,
     growth_missing: Vec<String>,
     /// The reference runs; the first is the one the cold start is compared with.
@@ -1893,6 +2180,38 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
          the status patch to the moment its own watch sees the new labels (or the Event).",
         args.priority_level
     );
+    if let Some(p) = &r.placement {
+        let _ = writeln!(
+            w,
+            "\n## Placement\n\n{} gated Windows pods created at {}/s in each of two batches, {} distinct images on a local registry; from the create request to the moment a watch sees our gate gone.\n\n| measure | result | target | met |\n|---|---|---|---|",
+            p.pods,
+            args.placement_rate,
+            PLACE_IMAGES.len()
+        );
+        let _ = writeln!(
+            w,
+            "| gate-to-placed, cold cache (first pod of each image): p50 / p99 (max) | {} / {} ({}) | | |",
+            secs(p.cold.p50),
+            secs(p.cold.p99),
+            secs(p.cold.max)
+        );
+        let _ = writeln!(
+            w,
+            "| gate-to-placed, warm cache ({} pods): p50 / p99 (max) | {} / {} ({}) | p99 < 1 s | {} |",
+            p.warm.n,
+            secs(p.warm.p50),
+            secs(p.warm.p99),
+            secs(p.warm.max),
+            verdict(p.warm.p99 < Duration::from_secs(1))
+        );
+        let _ = writeln!(
+            w,
+            "| registry requests per distinct image (both batches) | {:.2} ({} requests, {} image reads) | one resolution per image | |",
+            p.registry_requests / PLACE_IMAGES.len() as f64,
+            p.registry_requests,
+            p.resolutions
+        );
+    }
     if !r.growth.is_empty() || !r.growth_missing.is_empty() {
         let _ = writeln!(
             w,
@@ -2200,11 +2519,25 @@ async fn main() -> Result<()> {
         .first()
         .map_or(Duration::ZERO, |run| run.labelled);
 
-    // ---- the controller that stays: churn, detection, steady state
+    // ---- the controller that stays: churn, detection, placement, steady state
+    let registry = if args.placement_pods > 0 {
+        Some(Registry::start(&work_dir)?)
+    } else {
+        None
+    };
+    let final_flags: Vec<String> = registry
+        .as_ref()
+        .map(|r| vec!["--registry-insecure".to_owned(), r.plain.clone()])
+        .unwrap_or_default();
     let before = ApiMetrics::scrape(&admin).await?;
     let t0 = Instant::now();
-    let mut controller =
-        ControllerProcess::spawn(&args, &controller_kubeconfig, &work_dir, "final")?;
+    let mut controller = ControllerProcess::spawn_with(
+        &args,
+        &controller_kubeconfig,
+        &work_dir,
+        "final",
+        &final_flags,
+    )?;
     r.final_ready = controller
         .wait_ready(settle_timeout)
         .await?
@@ -2258,6 +2591,19 @@ async fn main() -> Result<()> {
 
     r.detect = detection(&admin, &defs, args.detect_pods).await?;
     log(format!("detection: p99 {}", secs(r.detect.p99)));
+
+    if let Some(registry) = &registry {
+        apply_placement_policy(&args)?;
+        let results = placement(&admin, &args, &controller, &registry.plain).await?;
+        log(format!(
+            "placement: cold p99 {}, warm p99 {}, {:.2} registry requests per distinct image",
+            secs(results.cold.p99),
+            secs(results.warm.p99),
+            results.registry_requests / PLACE_IMAGES.len() as f64
+        ));
+        r.failures.extend(results.failures.iter().cloned());
+        r.placement = Some(results);
+    }
 
     controller.wait_quiet(quiet(), settle_timeout).await?;
     log(format!("steady state: {} s idle", args.steady_seconds));

@@ -319,3 +319,90 @@ impl From<WireNode> for IndexedNode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A Node as a kubelet and our controller leave it (shape of `kubectl get node -o json` on AKS).
+    fn wire_node() -> serde_json::Value {
+        let images: Vec<_> = (0..10)
+            .map(|i| json!({"names": [format!("mcr.microsoft.com/windows/servercore@sha256:{i:064x}")], "sizeBytes": 2_000_000_000_u64}))
+            .collect();
+        json!({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {
+                "name": "akswin000001", "uid": "6c8f6a5e-2b9e-4a56-9d6f-3c1f3f0b9a11", "resourceVersion": "123456",
+                "labels": {"kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64", "agentpool": "win",
+                           "node.kubernetes.io/windows-build": "10.0.20348", "topology.kubernetes.io/zone": "westeurope-1",
+                           "beta.kubernetes.io/osbuild": "20348", "osbuild-controller.io/release": "ltsc2022"},
+                "annotations": {"node.alpha.kubernetes.io/ttl": "0", "volumes.kubernetes.io/controller-managed-attach-detach": "true"},
+                "managedFields": [
+                    {"manager": "kubelet", "operation": "Update", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:labels": {"f:kubernetes.io/os": {}, "f:agentpool": {}}}, "f:status": {"f:images": {}}}},
+                    {"manager": "osbuild-controller", "operation": "Apply", "fieldsType": "FieldsV1",
+                     "fieldsV1": {"f:metadata": {"f:labels": {"f:beta.kubernetes.io/osbuild": {}, "f:osbuild-controller.io/release": {}}}}}
+                ]
+            },
+            "spec": {"podCIDR": "10.244.1.0/24", "providerID": "azure:///subscriptions/0000/virtualMachines/1"},
+            "status": {
+                "images": images,
+                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady"}],
+                "nodeInfo": {"kernelVersion": "10.0.20348.2700", "osImage": "Windows Server 2022 Datacenter",
+                             "operatingSystem": "windows", "architecture": "amd64", "kubeletVersion": "v1.31.2",
+                             "containerRuntimeVersion": "containerd://1.7.20+azure", "machineID": "akswin000001"}
+            }
+        })
+    }
+
+    #[test]
+    fn decodes_what_the_decisions_read() {
+        let keys = LabelKeys::default();
+        let node: IndexedNode = serde_json::from_value(wire_node()).unwrap();
+        let node = node.trim(&keys);
+        assert_eq!(node.meta().name.as_deref(), Some("akswin000001"));
+        assert_eq!(node.kernel_version(), "10.0.20348.2700");
+        assert!(node.is_windows());
+        assert!(!node.is_opted_out(&keys));
+        assert_eq!(
+            node.labels().keys().collect::<Vec<_>>(),
+            [
+                "beta.kubernetes.io/osbuild",
+                "kubernetes.io/os",
+                "osbuild-controller.io/release"
+            ]
+        );
+        assert_eq!(
+            node.applied_label_keys().into_iter().collect::<Vec<_>>(),
+            [
+                "beta.kubernetes.io/osbuild",
+                "osbuild-controller.io/release"
+            ],
+            "only our Apply entry's labels, not the kubelet's"
+        );
+        // The same decisions from the full Node and from the index.
+        let full: Node = serde_json::from_value(wire_node()).unwrap();
+        assert_eq!(IndexedNode::from(&full).trim(&keys), node);
+    }
+
+    #[test]
+    fn a_node_costs_well_under_a_kibibyte() {
+        let node = serde_json::from_value::<IndexedNode>(wire_node())
+            .unwrap()
+            .trim(&LabelKeys::default());
+        let bytes = size_of::<IndexedNode>() + node.heap_bytes();
+        assert!(bytes < 1024, "{bytes} bytes");
+    }
+
+    #[test]
+    fn missing_and_odd_fields_decode_to_empty_inputs() {
+        let node: IndexedNode =
+            serde_json::from_value(json!({"metadata": {"name": "n", "managedFields": [{"manager": "osbuild-controller", "operation": "Apply"}]}}))
+                .unwrap();
+        assert_eq!(node.kernel_version(), "");
+        assert!(!node.is_windows());
+        assert!(node.applied_label_keys().is_empty());
+        assert!(serde_json::from_value::<IndexedNode>(json!({"metadata": {"labels": 5}})).is_err());
+    }
+}
