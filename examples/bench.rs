@@ -383,24 +383,25 @@ async fn placement(
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let released = released.lock().unwrap();
-        let mut firsts: HashMap<usize, Instant> = HashMap::new();
         let mut all = Vec::new();
         let mut cold = Vec::new();
-        let mut sorted = sent.clone();
-        sorted.sort_by_key(|(_, _, t)| *t);
-        for (name, image, t) in &sorted {
-            if let Some((at, affinity)) = released.get(name) {
-                let d = at.saturating_duration_since(*t);
-                all.push(d);
-                results.placed_with_affinity += usize::from(*affinity);
-                if !firsts.contains_key(image) {
-                    firsts.insert(*image, *t);
-                    cold.push(d);
+        {
+            let released = released.lock().unwrap();
+            let mut firsts: HashMap<usize, Instant> = HashMap::new();
+            let mut sorted = sent.clone();
+            sorted.sort_by_key(|(_, _, t)| *t);
+            for (name, image, t) in &sorted {
+                if let Some((at, affinity)) = released.get(name) {
+                    let d = at.saturating_duration_since(*t);
+                    all.push(d);
+                    results.placed_with_affinity += usize::from(*affinity);
+                    if !firsts.contains_key(image) {
+                        firsts.insert(*image, *t);
+                        cold.push(d);
+                    }
                 }
             }
         }
-        drop(released);
         if batch == "cold" {
             results.cold = latency(cold);
         } else {

@@ -226,6 +226,8 @@ struct WireNode {
     status: Option<WireStatus>,
 }
 
+// JSON objects whose values are skipped (only their keys are read): a map to IgnoredAny, not a set.
+#[allow(clippy::zero_sized_map_values)]
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct WireMeta {
@@ -254,6 +256,7 @@ struct WireFields {
     metadata: Option<WireFieldsMeta>,
 }
 
+#[allow(clippy::zero_sized_map_values)]
 #[derive(Deserialize)]
 struct WireFieldsMeta {
     #[serde(rename = "f:labels")]
