@@ -115,6 +115,584 @@ struct Args {
     /// Create pods without a status (no Running containerStatuses): faster, smaller objects.
     #[arg(long)]
     no_pod_status: bool,
+    /// After the other phases, measure the growth curve: a controller started (labels right) for every
+    /// combination of --growth-nodes and --growth-pods, nodes chosen with --node-selector on a tier label,
+    /// pods removed (largest tier first) between the pod counts.
+    #[arg(long)]
+    growth: bool,
+    /// Node counts of the growth curve (nodes beyond --nodes are created for it).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000")]
+    growth_nodes: Vec<usize>,
+    /// Pod counts of the growth curve (at most --pods; measured from the largest down).
+    #[arg(long, value_delimiter = ',', default_value = "10000,50000,150000")]
+    growth_pods: Vec<usize>,
+    /// Placement: pods created at --placement-rate in each of two batches (cold cache, then warm), gated by
+    /// the shipped MutatingAdmissionPolicy (applied to this control plane), images from a registry started
+    /// here (`scripts/registry`, the test fixtures); 0 skips the phase.
+    #[arg(long, default_value_t = 0)]
+    placement_pods: usize,
+    /// Gated pods created per second in the placement phase.
+    #[arg(long, default_value_t = 50)]
+    placement_rate: u64,
+    /// Skip the restart with `--initial-list=paged` (minutes at 150,000 pods).
+    #[arg(long)]
+    no_paged_restart: bool,
+    /// Where the growth plot (PNG) goes; default: next to the report, `<report>-growth.png`.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+/// The tier label of node `i` (or pod `j`): the smallest count in `tiers` that includes it, else `total`.
+fn tier(i: usize, tiers: &[usize], total: usize) -> usize {
+    tiers
+        .iter()
+        .copied()
+        .filter(|t| i < *t)
+        .min()
+        .unwrap_or(total.max(i + 1))
+}
+
+const PLACE_NS: &str = "osbuild-bench-place";
+const GATE: &str = "osbuild-controller.io/image-os";
+/// The distinct images of the placement phase: paths on the plain test registry (tests/registry/fixtures.sh).
+const PLACE_IMAGES: [&str; 8] = [
+    "windows/ltsc2019",
+    "windows/ltsc2022",
+    "windows/ltsc2025",
+    "windows/multi",
+    "windows/ws2016",
+    "windows/dockerlist",
+    "windows/single",
+    "windows/cached",
+];
+const NODE_TIER: &str = "osbuild-bench/tier";
+const POD_TIER: &str = "osbuild-bench/pod-tier";
+
+// ------------------------------------------------------------------------------------------ placement
+
+/// The test registries (`scripts/registry up` in a state dir of this run's own, fixtures pushed to the
+/// plain one); `down` on drop.
+struct Registry {
+    dir: PathBuf,
+    plain: String,
+}
+
+impl Registry {
+    fn start(work_dir: &Path) -> Result<Self> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir = work_dir.join("registry");
+        log("placement: starting the test registries (scripts/registry up)");
+        let up = Command::new(root.join("scripts/registry"))
+            .arg("up")
+            .env("OSBUILD_REGISTRY_DIR", &dir)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run scripts/registry up")?;
+        if !up.status.success() {
+            bail!("scripts/registry up failed ({})", up.status);
+        }
+        let vars: HashMap<String, String> = String::from_utf8_lossy(&up.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let plain = vars
+            .get("REGISTRY_PLAIN")
+            .cloned()
+            .ok_or_else(|| anyhow!("scripts/registry up printed no REGISTRY_PLAIN"))?;
+        let registry = Self { dir, plain };
+        let pushed = Command::new(root.join("tests/registry/fixtures.sh"))
+            .arg("plain")
+            .envs(&vars)
+            .stderr(Stdio::inherit())
+            .output()
+            .context("run tests/registry/fixtures.sh")?;
+        if !pushed.status.success() {
+            bail!("pushing the test images failed ({})", pushed.status);
+        }
+        Ok(registry)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let _ = Command::new(root.join("scripts/registry"))
+            .arg("down")
+            .env("OSBUILD_REGISTRY_DIR", &self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Applies the shipped MutatingAdmissionPolicy and its binding to this run's control plane (kubectl, as a
+/// user would) and waits until the API server gates a Windows pod (a server-side dry run).
+fn apply_placement_policy(args: &Args) -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kubectl = args
+        .bindir
+        .as_ref()
+        .map_or_else(|| PathBuf::from("kubectl"), |d| d.join("kubectl"));
+    let policy = root.join("manifests/components/placement/mutatingadmissionpolicy.yaml");
+    let status = Command::new(&kubectl)
+        .args(["apply", "--server-side", "-f"])
+        .arg(&policy)
+        .stdout(Stdio::null())
+        .status()
+        .context("run kubectl apply")?;
+    if !status.success() {
+        bail!("kubectl apply -f {} failed ({status})", policy.display());
+    }
+    let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "policy-probe", "namespace": PLACE_NS},
+        "spec": {"os": {"name": "windows"}, "containers": [{"name": "c", "image": "probe"}]}})
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut child = Command::new(&kubectl)
+            .args(["create", "--dry-run=server", "-o", "json", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(probe.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(GATE) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("the admission policy never gated a Windows pod");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[derive(Debug, Default)]
+struct PlacementResults {
+    pods: usize,
+    /// The first pod of each distinct image after the controller started (its cache empty).
+    cold: Latency,
+    /// Every pod of the second batch (every image cached).
+    warm: Latency,
+    /// The controller's requests to the registry (`osbuild_registry_request_duration_seconds_count`).
+    registry_requests: f64,
+    /// Of those, in the warm batch (every image cached: 0 expected).
+    registry_requests_warm: f64,
+    /// Its image reads by outcome (`osbuild_image_resolutions_total`), from the cache or the registry.
+    resolutions: f64,
+    placed_with_affinity: usize,
+    failures: Vec<String>,
+}
+
+/// Creates `--placement-pods` gated Windows pods at `--placement-rate`, twice (cold cache, then warm), and
+/// times each from the create request to the moment a watch sees our gate gone.
+async fn placement(
+    admin: &Client,
+    args: &Args,
+    controller: &ControllerProcess,
+    plain: &str,
+) -> Result<PlacementResults> {
+    let api: Api<Pod> = Api::namespaced(admin.clone(), PLACE_NS);
+    let released: Arc<Mutex<HashMap<String, (Instant, bool)>>> = Arc::default();
+    {
+        let (api, released) = (api.clone(), released.clone());
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(api, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
+                    let spec = pod.spec.as_ref();
+                    let gated = spec
+                        .and_then(|s| s.scheduling_gates.as_ref())
+                        .is_some_and(|g| g.iter().any(|g| g.name == GATE));
+                    if !gated {
+                        let affinity = spec.and_then(|s| s.affinity.as_ref()).is_some_and(|a| {
+                            serde_json::to_string(a)
+                                .unwrap_or_default()
+                                .contains("beta.kubernetes.io/osbuild")
+                        });
+                        released
+                            .lock()
+                            .unwrap()
+                            .entry(pod.name_any())
+                            .or_insert((Instant::now(), affinity));
+                    }
+                }
+            }
+        });
+    }
+    let registry_before = controller
+        .metric("osbuild_registry_request_duration_seconds_count")
+        .await;
+    let resolutions_before = controller.metric("osbuild_image_resolutions_total").await;
+    let mut results = PlacementResults {
+        pods: args.placement_pods,
+        ..Default::default()
+    };
+    for batch in ["cold", "warm"] {
+        let batch_registry_before = controller
+            .metric("osbuild_registry_request_duration_seconds_count")
+            .await;
+        let sent: Arc<Mutex<Vec<(String, usize, Instant)>>> = Arc::default();
+        let interval = Duration::from_secs_f64(1.0 / args.placement_rate.max(1) as f64);
+        let start = Instant::now();
+        let progress = Progress::start(&format!("placement ({batch})"), args.placement_pods as u64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..args.placement_pods {
+            tokio::time::sleep_until((start + interval * i as u32).into()).await;
+            let name = format!("place-{batch}-{i:04}");
+            let image = format!("{plain}/{}", PLACE_IMAGES[i % PLACE_IMAGES.len()]);
+            let pod: Pod = from_json(json!({
+                "metadata": {"name": name},
+                // IfNotPresent: with the default for an untagged image (Always) every pod is read from
+                // the registry again, as designed (docs/placement.md), and no cache is measured.
+                "spec": {"nodeSelector": {"kubernetes.io/os": "windows"}, "terminationGracePeriodSeconds": 0,
+                         "containers": [{"name": "app", "image": image, "imagePullPolicy": "IfNotPresent"}]}
+            }))?;
+            let (api, sent, progress) = (api.clone(), sent.clone(), progress.clone());
+            tasks.spawn(async move {
+                let t = Instant::now();
+                let result = retry(&format!("create pod {name}"), || create(&api, &pod)).await;
+                sent.lock().unwrap().push((name, i % PLACE_IMAGES.len(), t));
+                progress.inc();
+                result
+            });
+        }
+        while let Some(result) = tasks.join_next().await {
+            result??;
+        }
+        progress.finish();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let sent = std::mem::take(&mut *sent.lock().unwrap());
+        loop {
+            let done = {
+                let released = released.lock().unwrap();
+                sent.iter()
+                    .filter(|(n, _, _)| released.contains_key(n))
+                    .count()
+            };
+            if done == sent.len() {
+                break;
+            }
+            if Instant::now() > deadline {
+                results.failures.push(format!(
+                    "placement ({batch}): {} of {} pods still gated after 120 s",
+                    sent.len() - done,
+                    sent.len()
+                ));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut all = Vec::new();
+        let mut cold = Vec::new();
+        {
+            let released = released.lock().unwrap();
+            let mut firsts: HashMap<usize, Instant> = HashMap::new();
+            let mut sorted = sent.clone();
+            sorted.sort_by_key(|(_, _, t)| *t);
+            for (name, image, t) in &sorted {
+                if let Some((at, affinity)) = released.get(name) {
+                    let d = at.saturating_duration_since(*t);
+                    all.push(d);
+                    results.placed_with_affinity += usize::from(*affinity);
+                    if !firsts.contains_key(image) {
+                        firsts.insert(*image, *t);
+                        cold.push(d);
+                    }
+                }
+            }
+        }
+        if batch == "cold" {
+            results.cold = latency(cold);
+        } else {
+            results.warm = latency(all);
+            results.registry_requests_warm = controller
+                .metric("osbuild_registry_request_duration_seconds_count")
+                .await
+                - batch_registry_before;
+        }
+    }
+    results.registry_requests = controller
+        .metric("osbuild_registry_request_duration_seconds_count")
+        .await
+        - registry_before;
+    results.resolutions =
+        controller.metric("osbuild_image_resolutions_total").await - resolutions_before;
+    // Every image here is a Windows image with a known build: every pod must come out with the affinity.
+    if results.placed_with_affinity != 2 * args.placement_pods {
+        results.failures.push(format!(
+            "placement: {} of {} pods released with the osbuild affinity",
+            results.placed_with_affinity,
+            2 * args.placement_pods
+        ));
+    }
+    // The growth phase counts pods: remove these (grace 0, no kubelet here).
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    api.delete_collection(&params, &ListParams::default())
+        .await?;
+    Ok(results)
+}
+
+// ------------------------------------------------------------------------------------------ growth
+
+/// One point of the growth curve: a controller started with every label right, watching `nodes` nodes
+/// (by tier label) and every pod, until ready and quiet.
+#[derive(Debug, Clone, Default)]
+struct GrowthPoint {
+    nodes: usize,
+    pods: usize,
+    ready: Duration,
+    peak_rss_kib: u64,
+    cpu_seconds: f64,
+    /// The controller's requests (its FlowSchema's dispatched counter) from start to quiet.
+    requests: f64,
+    lists: f64,
+}
+
+/// The selector of the nodes of tiers up to `n`.
+fn tier_selector(n: usize, tiers: &[usize]) -> String {
+    let values: Vec<String> = tiers
+        .iter()
+        .filter(|t| **t <= n)
+        .map(ToString::to_string)
+        .collect();
+    format!("{NODE_TIER} in ({})", values.join(","))
+}
+
+async fn growth(
+    admin: &Client,
+    args: &Args,
+    kubeconfig: &Path,
+    work_dir: &Path,
+    r: &mut Results,
+) -> Result<()> {
+    let mut node_counts = args.growth_nodes.clone();
+    node_counts.sort_unstable();
+    node_counts.dedup();
+    let mut pod_counts: Vec<usize> = args.growth_pods.clone();
+    pod_counts.sort_unstable();
+    pod_counts.dedup();
+    for p in pod_counts.iter().filter(|p| **p > args.pods) {
+        r.growth_missing
+            .push(format!("P = {p}: more than the {} pods created", args.pods));
+    }
+    pod_counts.retain(|p| *p <= args.pods);
+    let max_nodes = node_counts.last().copied().unwrap_or(args.nodes);
+    let settle_timeout = Duration::from_secs(120 + max_nodes as u64 / 5);
+    if max_nodes > args.nodes {
+        log(format!(
+            "growth: creating nodes {}..{max_nodes}",
+            args.nodes
+        ));
+        let defs = node_defs(max_nodes);
+        create_nodes(
+            admin,
+            &defs[args.nodes..],
+            args.nodes,
+            &node_counts,
+            args.create_concurrency,
+        )
+        .await?;
+        // Label the new nodes once, so every point below starts with every label right.
+        let controller =
+            ControllerProcess::spawn_with(args, kubeconfig, work_dir, "growth-warmup", &[])?;
+        let mut controller = controller;
+        controller.wait_ready(settle_timeout).await?;
+        controller.wait_quiet(quiet(), settle_timeout).await?;
+        controller.stop().await?;
+    }
+    let mut current_pods = args.pods;
+    for &pods in pod_counts.iter().rev() {
+        if pods < current_pods {
+            log(format!("growth: deleting pods down to {pods}"));
+            delete_pods_above(admin, pods, &args.growth_pods, args.pods).await?;
+            current_pods = pods;
+        }
+        for &nodes in &node_counts {
+            let selector = tier_selector(nodes, &node_counts);
+            let before = ApiMetrics::scrape(admin).await?;
+            let t0 = Instant::now();
+            let mut controller = ControllerProcess::spawn_with(
+                args,
+                kubeconfig,
+                work_dir,
+                &format!("growth-{nodes}-{pods}"),
+                &[format!("--node-selector={selector}")],
+            )?;
+            let ready = controller
+                .wait_ready(settle_timeout)
+                .await?
+                .duration_since(t0);
+            controller.wait_quiet(quiet(), settle_timeout).await?;
+            let c = requests(&before, &ApiMetrics::scrape(admin).await?);
+            let writes = controller.metric("osbuild_label_writes_total").await;
+            let (_, usage) = controller.stop().await?;
+            let point = GrowthPoint {
+                nodes,
+                pods,
+                ready,
+                peak_rss_kib: usage.peak_rss_kib,
+                cpu_seconds: usage.cpu_seconds,
+                requests: c.controller,
+                lists: c.lists,
+            };
+            log(format!(
+                "growth: N={nodes} P={pods}: ready {}, peak RSS {}, CPU {:.2} s, {} requests",
+                secs(ready),
+                mib(point.peak_rss_kib),
+                point.cpu_seconds,
+                point.requests
+            ));
+            if writes != 0.0 {
+                r.failures.push(format!(
+                    "growth N={nodes} P={pods}: {writes} label writes with every label right"
+                ));
+            }
+            r.growth.push(point);
+        }
+    }
+    Ok(())
+}
+
+/// Deletes (grace period 0: no kubelet here to confirm) the pods whose tier is above `keep`.
+async fn delete_pods_above(
+    admin: &Client,
+    keep: usize,
+    tiers: &[usize],
+    total: usize,
+) -> Result<()> {
+    let mut above: Vec<String> = tiers
+        .iter()
+        .filter(|t| **t > keep)
+        .map(ToString::to_string)
+        .collect();
+    above.push(total.to_string());
+    let selector = format!("{POD_TIER} in ({})", above.join(","));
+    let params = kube::api::DeleteParams {
+        grace_period_seconds: Some(0),
+        ..Default::default()
+    };
+    for k in 0..POD_NAMESPACES {
+        let api: Api<Pod> = Api::namespaced(admin.clone(), &format!("bench-pods-{k}"));
+        retry(&format!("delete pods in bench-pods-{k}"), || async {
+            api.delete_collection(&params, &ListParams::default().labels(&selector))
+                .await
+                .map(|_| ())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+/// Peak RSS against pods seen, one line per node count, on a white background with grid lines every
+/// 4 MiB, vertical lines at each pod count and a red line at the 32 MiB target. No text: plotters' text
+/// needs system fonts; docs/benchmarks.md says what the picture shows.
+fn draw_growth(path: &Path, points: &[GrowthPoint]) -> Result<()> {
+    use plotters::prelude::*;
+    let draw = || -> std::result::Result<(), Box<dyn std::error::Error>> {
+        let x_max = points.iter().map(|p| p.pods).max().unwrap_or(1) as f64 * 1.05;
+        let y_peak = points
+            .iter()
+            .map(|p| p.peak_rss_kib as f64 / 1024.0)
+            .fold(32.0, f64::max);
+        let y_max = (y_peak / 4.0).ceil() * 4.0 + 4.0;
+        let root = BitMapBackend::new(path, (640, 360)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let mut chart = ChartBuilder::on(&root)
+            .margin(12)
+            .build_cartesian_2d(0.0..x_max, 0.0..y_max)?;
+        let mut y = 0.0;
+        while y <= y_max {
+            chart.draw_series(LineSeries::new(
+                [(0.0, y), (x_max, y)],
+                &RGBColor(220, 220, 220),
+            ))?;
+            y += 4.0;
+        }
+        let mut pod_counts: Vec<usize> = points.iter().map(|p| p.pods).collect();
+        pod_counts.sort_unstable();
+        pod_counts.dedup();
+        for x in std::iter::once(0.0).chain(pod_counts.iter().map(|p| *p as f64)) {
+            chart.draw_series(LineSeries::new(
+                [(x, 0.0), (x, y_max)],
+                &RGBColor(160, 160, 160),
+            ))?;
+        }
+        chart.draw_series(LineSeries::new(
+            [(0.0, 32.0), (x_max, 32.0)],
+            RED.stroke_width(1),
+        ))?;
+        let mut node_counts: Vec<usize> = points.iter().map(|p| p.nodes).collect();
+        node_counts.sort_unstable();
+        node_counts.dedup();
+        for (i, n) in node_counts.iter().enumerate() {
+            let mut line: Vec<(f64, f64)> = points
+                .iter()
+                .filter(|p| p.nodes == *n)
+                .map(|p| (p.pods as f64, p.peak_rss_kib as f64 / 1024.0))
+                .collect();
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let colour = Palette99::pick(i).stroke_width(2);
+            chart.draw_series(LineSeries::new(line.iter().copied(), colour))?;
+            chart.draw_series(
+                line.iter()
+                    .map(|p| Circle::new(*p, 4, Palette99::pick(i).filled())),
+            )?;
+        }
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
+}
+
+/// Marginal cost per node (KiB) at each pod count, and per pod seen (bytes) at each node count, from the
+/// smallest and largest points of each line.
+/// (count, marginal cost) pairs.
+type Marginals = Vec<(usize, f64)>;
+
+fn marginals(points: &[GrowthPoint]) -> (Marginals, Marginals) {
+    let at = |n: usize, p: usize| points.iter().find(|g| g.nodes == n && g.pods == p);
+    let mut ns: Vec<usize> = points.iter().map(|p| p.nodes).collect();
+    ns.sort_unstable();
+    ns.dedup();
+    let mut ps: Vec<usize> = points.iter().map(|p| p.pods).collect();
+    ps.sort_unstable();
+    ps.dedup();
+    let mut per_node = Vec::new();
+    if let (Some(&n0), Some(&n1)) = (ns.first(), ns.last()) {
+        for &p in &ps {
+            if let (Some(a), Some(b)) = (at(n0, p), at(n1, p))
+                && n1 > n0
+            {
+                per_node.push((
+                    p,
+                    (b.peak_rss_kib as f64 - a.peak_rss_kib as f64) / (n1 - n0) as f64,
+                ));
+            }
+        }
+    }
+    let mut per_pod = Vec::new();
+    if let (Some(&p0), Some(&p1)) = (ps.first(), ps.last()) {
+        for &n in &ns {
+            if let (Some(a), Some(b)) = (at(n, p0), at(n, p1))
+                && p1 > p0
+            {
+                per_pod.push((
+                    n,
+                    (b.peak_rss_kib as f64 - a.peak_rss_kib as f64) * 1024.0 / (p1 - p0) as f64,
+                ));
+            }
+        }
+    }
+    (per_node, per_pod)
 }
 
 // ------------------------------------------------------------------------------------------ output
@@ -266,9 +844,10 @@ fn node_defs(n: usize) -> Vec<NodeDef> {
         .collect()
 }
 
-fn node_object(def: &NodeDef, i: usize) -> Result<Node> {
+fn node_object(def: &NodeDef, i: usize, tier: usize) -> Result<Node> {
     let mut labels = json!({
         BENCH_LABEL: "1",
+        NODE_TIER: tier.to_string(),
         "kubernetes.io/os": def.os,
         "beta.kubernetes.io/os": def.os,
         "kubernetes.io/arch": "amd64",
@@ -335,9 +914,9 @@ fn image_for(def: &NodeDef) -> &'static str {
     }
 }
 
-fn pod_object(name: &str, node: &NodeDef, app: usize) -> Result<Pod> {
+fn pod_object(name: &str, node: &NodeDef, app: usize, tier: usize) -> Result<Pod> {
     Ok(serde_json::from_value(json!({
-        "metadata": {"name": name, "labels": {"app": format!("app-{app}"), "pod-template-hash": "7d9c6b5f4"},
+        "metadata": {"name": name, "labels": {"app": format!("app-{app}"), "pod-template-hash": "7d9c6b5f4", POD_TIER: tier.to_string()},
                       "annotations": {"prometheus.io/scrape": "true"}},
         "spec": {
             "nodeName": node.name,
@@ -607,6 +1186,8 @@ struct Requests {
     reference: f64,
     controller_rejected: f64,
     reference_rejected: f64,
+    /// LIST requests of anyone (the bench's own node watch lists only when it starts).
+    lists: f64,
     all: f64,
 }
 
@@ -634,6 +1215,7 @@ fn requests(before: &ApiMetrics, after: &ApiMetrics) -> Requests {
         reference: d(dispatched, &[("flow_schema", REFERENCE_FS)]),
         controller_rejected: d(rejected, &[("flow_schema", CONTROLLER_FS)]),
         reference_rejected: d(rejected, &[("flow_schema", REFERENCE_FS)]),
+        lists: d("apiserver_request_total", &[("verb", "LIST")]),
         all: d("apiserver_request_total", &[]),
     }
 }
@@ -695,12 +1277,24 @@ struct ControllerProcess {
 
 impl ControllerProcess {
     fn spawn(args: &Args, kubeconfig: &Path, work_dir: &Path, tag: &str) -> Result<Self> {
+        Self::spawn_with(args, kubeconfig, work_dir, tag, &[])
+    }
+
+    /// Like `spawn`, with flags added after `--controller-arg`'s (the later flag wins).
+    fn spawn_with(
+        args: &Args,
+        kubeconfig: &Path,
+        work_dir: &Path,
+        tag: &str,
+        extra: &[String],
+    ) -> Result<Self> {
         let binary = &args.controller;
         let addr = format!("127.0.0.1:{}", free_port());
         let log = work_dir.join(format!("controller-{tag}.log"));
         let child = Command::new(binary)
             .args(["run", "--metrics-addr", &addr, "--log-filter", "warn"])
             .args(&args.controller_arg)
+            .args(extra)
             .env("KUBECONFIG", kubeconfig)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
@@ -818,7 +1412,7 @@ async fn setup_identities(
     args: &Args,
     work_dir: &Path,
 ) -> Result<(PathBuf, PathBuf)> {
-    for ns in [BENCH_NS, DETECT_NS]
+    for ns in [BENCH_NS, DETECT_NS, PLACE_NS]
         .into_iter()
         .map(str::to_owned)
         .chain((0..POD_NAMESPACES).map(|k| format!("bench-pods-{k}")))
@@ -842,6 +1436,8 @@ async fn setup_identities(
             "rules": [
                 {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
                 {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch", "patch"]},
+                {"apiGroups": [""], "resources": ["secrets", "serviceaccounts"], "verbs": ["get"]},
+                {"apiGroups": ["node.k8s.io"], "resources": ["runtimeclasses"], "verbs": ["get"]},
                 {"apiGroups": ["", "events.k8s.io"], "resources": ["events"], "verbs": ["get", "list", "watch", "create", "patch", "update"]},
             ],
         }))?,
@@ -887,14 +1483,23 @@ async fn setup_identities(
     Ok((kubeconfigs[0].clone(), kubeconfigs[1].clone()))
 }
 
-async fn create_nodes(admin: &Client, defs: &[NodeDef], concurrency: usize) -> Result<Duration> {
+/// Creates `defs` (nodes `offset..`), each labelled with its tier of `tiers`.
+async fn create_nodes(
+    admin: &Client,
+    defs: &[NodeDef],
+    offset: usize,
+    tiers: &[usize],
+    concurrency: usize,
+) -> Result<Duration> {
     let api: Api<Node> = Api::all(admin.clone());
     let progress = Progress::start("create nodes", defs.len() as u64);
+    let total = offset + defs.len();
     let results: Vec<Result<()>> = futures::stream::iter(defs.iter().enumerate())
-        .map(|(i, def)| {
+        .map(|(k, def)| {
             let (api, progress) = (api.clone(), progress.clone());
+            let i = offset + k;
             async move {
-                let node = node_object(def, i)?;
+                let node = node_object(def, i, tier(i, tiers, total))?;
                 retry(&format!("create node {}", def.name), || create(&api, &node)).await?;
                 let status = node_status(def, i);
                 retry(&format!("status of node {}", def.name), || {
@@ -917,6 +1522,7 @@ async fn create_pods(
     admin: &Client,
     defs: &[NodeDef],
     pods: usize,
+    tiers: &[usize],
     with_status: bool,
     concurrency: usize,
 ) -> Result<Duration> {
@@ -929,7 +1535,7 @@ async fn create_pods(
             let node = &defs[j % defs.len()];
             async move {
                 let name = format!("app-{j:06}");
-                let pod = pod_object(&name, node, j % 500)?;
+                let pod = pod_object(&name, node, j % 500, tier(j, tiers, pods))?;
                 retry(&format!("create pod {name}"), || create(&api, &pod)).await?;
                 if with_status {
                     let status = running_pod_status(node, j);
@@ -1268,6 +1874,13 @@ struct Results {
     restart: Option<Requests>,
     restart_label_writes: f64,
     restart_usage: Usage,
+    /// The same restart with `--initial-list=paged` (the strategy where the server refuses to stream).
+    restart_paged_ready: Duration,
+    restart_paged: Option<Requests>,
+    restart_paged_usage: Usage,
+    placement: Option<PlacementResults>,
+    growth: Vec<GrowthPoint>,
+    growth_missing: Vec<String>,
     /// The reference runs; the first is the one the cold start is compared with.
     references: Vec<ReferenceRun>,
     reference: Duration,
@@ -1385,6 +1998,7 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
         .cold_usage
         .peak_rss_kib
         .max(r.restart_usage.peak_rss_kib)
+        .max(r.restart_paged_usage.peak_rss_kib)
         .max(r.final_usage.peak_rss_kib);
     let steady = r.steady.as_ref().map_or(f64::NAN, |s| s.controller);
     let _ = writeln!(
@@ -1393,14 +2007,14 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
     );
     let _ = writeln!(
         w,
-        "| cold start: all {} Windows nodes labelled (from process start) | {} | ≤ 1.5 × reference ({}, concurrency {}) | {} ({ratio:.2}×) |",
+        "| cold start: all {} Windows nodes labelled (from process start) | {} | ≤ 1.15 × reference ({}, concurrency {}) | {} ({ratio:.2}×) |",
         r.windows,
         secs(r.cold_start),
         secs(r.reference),
         r.references
             .first()
             .map_or("-".to_owned(), |run| concurrency_name(run.concurrency)),
-        verdict(ratio <= 1.5)
+        verdict(ratio <= 1.15)
     );
     for run in r.references.iter().skip(1) {
         let _ = writeln!(
@@ -1452,9 +2066,24 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
     );
     let _ = writeln!(
         w,
-        "| controller peak RSS (VmHWM, max over the three processes) | {} | < 64 MiB | {} |",
+        "| controller peak RSS (VmHWM, max over the four processes) | {} | ≤ 32 MiB | {} |",
         mib(peak),
-        verdict(peak < 64 * 1024)
+        verdict(peak <= 32 * 1024)
+    );
+    let restart_lists = r.restart.as_ref().map_or(f64::NAN, |c| c.lists);
+    let _ = writeln!(
+        w,
+        "| restart with every label right: ready (streaming lists) / list requests | {} / {restart_lists} | ≤ 10 s / 0 | {} |",
+        secs(r.restart_ready),
+        verdict(r.restart_ready <= Duration::from_secs(10) && restart_lists == 0.0)
+    );
+    let _ = writeln!(
+        w,
+        "| the same restart with paged lists (`--initial-list=paged`, the fallback) | ready {}; list requests {}; peak RSS {}; CPU {:.2} s | | |",
+        secs(r.restart_paged_ready),
+        r.restart_paged.as_ref().map_or(f64::NAN, |c| c.lists),
+        mib(r.restart_paged_usage.peak_rss_kib),
+        r.restart_paged_usage.cpu_seconds
     );
     let _ = writeln!(
         w,
@@ -1506,11 +2135,12 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
     if let Some(c) = &r.restart {
         let _ = writeln!(
             w,
-            "| restart, labels right | ready after {}; node patches {}; osbuild_label_writes_total {}; controller requests {}; peak RSS {}; CPU {:.2} s |",
+            "| restart, labels right (streaming lists) | ready after {}; node patches {}; osbuild_label_writes_total {}; controller requests {} (LIST {}); peak RSS {}; CPU {:.2} s |",
             secs(r.restart_ready),
             c.patch_nodes,
             r.restart_label_writes,
             c.controller,
+            c.lists,
             mib(r.restart_usage.peak_rss_kib),
             r.restart_usage.cpu_seconds
         );
@@ -1566,6 +2196,72 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
          the status patch to the moment its own watch sees the new labels (or the Event).",
         args.priority_level
     );
+    if let Some(p) = &r.placement {
+        let _ = writeln!(
+            w,
+            "\n## Placement\n\n{} gated Windows pods created at {}/s in each of two batches, {} distinct images on a local registry; from the create request to the moment a watch sees our gate gone.\n\n| measure | result | target | met |\n|---|---|---|---|",
+            p.pods,
+            args.placement_rate,
+            PLACE_IMAGES.len()
+        );
+        let _ = writeln!(
+            w,
+            "| gate-to-placed, cold cache (first pod of each image): p50 / p99 (max) | {} / {} ({}) | | |",
+            secs(p.cold.p50),
+            secs(p.cold.p99),
+            secs(p.cold.max)
+        );
+        let _ = writeln!(
+            w,
+            "| gate-to-placed, warm cache ({} pods): p50 / p99 (max) | {} / {} ({}) | p99 < 1 s | {} |",
+            p.warm.n,
+            secs(p.warm.p50),
+            secs(p.warm.p99),
+            secs(p.warm.max),
+            verdict(p.warm.p99 < Duration::from_secs(1))
+        );
+        let _ = writeln!(
+            w,
+            "| registry requests per distinct image (both batches) | {:.2} ({} requests for {} image reads; {} in the warm batch) | one resolution per image within the TTL | {} |",
+            p.registry_requests / PLACE_IMAGES.len() as f64,
+            p.registry_requests,
+            p.resolutions,
+            p.registry_requests_warm,
+            verdict(p.registry_requests_warm == 0.0)
+        );
+    }
+    if !r.growth.is_empty() || !r.growth_missing.is_empty() {
+        let _ = writeln!(
+            w,
+            "\n## Growth\n\nA controller started with every label right, watching N nodes (`--node-selector` on the tier label) and all P pods, until ready and quiet.\n\n| N | P | ready | peak RSS | CPU | controller requests | LIST requests |\n|---|---|---|---|---|---|---|"
+        );
+        for g in &r.growth {
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {:.2} s | {} | {} |",
+                g.nodes,
+                g.pods,
+                secs(g.ready),
+                mib(g.peak_rss_kib),
+                g.cpu_seconds,
+                g.requests,
+                g.lists
+            );
+        }
+        let (per_node, per_pod) = marginals(&r.growth);
+        for (p, kib) in per_node {
+            let _ = writeln!(w, "\nMarginal peak RSS per node at P = {p}: {kib:.2} KiB.");
+        }
+        for (n, bytes) in per_pod {
+            let _ = writeln!(
+                w,
+                "\nMarginal peak RSS per pod seen at N = {n}: {bytes:.1} bytes."
+            );
+        }
+        for m in &r.growth_missing {
+            let _ = writeln!(w, "\nNot measured: {m}.");
+        }
+    }
     if !r.wrong.is_empty() || !r.failures.is_empty() {
         let _ = writeln!(w, "\n## Problems\n");
         for f in &r.failures {
@@ -1672,11 +2368,19 @@ async fn main() -> Result<()> {
     };
 
     // ---- create
-    r.create_nodes = create_nodes(&admin, &defs, args.create_concurrency).await?;
+    r.create_nodes = create_nodes(
+        &admin,
+        &defs,
+        0,
+        &args.growth_nodes,
+        args.create_concurrency,
+    )
+    .await?;
     r.create_pods = create_pods(
         &admin,
         &defs,
         args.pods,
+        &args.growth_pods,
         !args.no_pod_status,
         args.create_concurrency,
     )
@@ -1754,6 +2458,31 @@ async fn main() -> Result<()> {
         r.restart_label_writes
     ));
 
+    // ---- the same restart with paged lists, the fallback where the server refuses to stream
+    if !args.no_paged_restart {
+        let before = ApiMetrics::scrape(&admin).await?;
+        let t0 = Instant::now();
+        let mut controller = ControllerProcess::spawn_with(
+            &args,
+            &controller_kubeconfig,
+            &work_dir,
+            "restart-paged",
+            &["--initial-list=paged".to_owned()],
+        )?;
+        r.restart_paged_ready = controller
+            .wait_ready(settle_timeout)
+            .await?
+            .duration_since(t0);
+        controller.wait_quiet(quiet(), settle_timeout).await?;
+        r.restart_paged = Some(requests(&before, &ApiMetrics::scrape(&admin).await?));
+        let (_, usage) = controller.stop().await?;
+        r.restart_paged_usage = usage;
+        log(format!(
+            "restart with paged lists: ready after {}",
+            secs(r.restart_paged_ready)
+        ));
+    }
+
     // ---- the reference, once per concurrency
     let reference_client = client_from(&reference_kubeconfig).await;
     for &concurrency in &args.reference_concurrency {
@@ -1810,11 +2539,25 @@ async fn main() -> Result<()> {
         .first()
         .map_or(Duration::ZERO, |run| run.labelled);
 
-    // ---- the controller that stays: churn, detection, steady state
+    // ---- the controller that stays: churn, detection, placement, steady state
+    let registry = if args.placement_pods > 0 {
+        Some(Registry::start(&work_dir)?)
+    } else {
+        None
+    };
+    let final_flags: Vec<String> = registry
+        .as_ref()
+        .map(|r| vec!["--registry-insecure".to_owned(), r.plain.clone()])
+        .unwrap_or_default();
     let before = ApiMetrics::scrape(&admin).await?;
     let t0 = Instant::now();
-    let mut controller =
-        ControllerProcess::spawn(&args, &controller_kubeconfig, &work_dir, "final")?;
+    let mut controller = ControllerProcess::spawn_with(
+        &args,
+        &controller_kubeconfig,
+        &work_dir,
+        "final",
+        &final_flags,
+    )?;
     r.final_ready = controller
         .wait_ready(settle_timeout)
         .await?
@@ -1869,6 +2612,19 @@ async fn main() -> Result<()> {
     r.detect = detection(&admin, &defs, args.detect_pods).await?;
     log(format!("detection: p99 {}", secs(r.detect.p99)));
 
+    if let Some(registry) = &registry {
+        apply_placement_policy(&args)?;
+        let results = placement(&admin, &args, &controller, &registry.plain).await?;
+        log(format!(
+            "placement: cold p99 {}, warm p99 {}, {:.2} registry requests per distinct image",
+            secs(results.cold.p99),
+            secs(results.warm.p99),
+            results.registry_requests / PLACE_IMAGES.len() as f64
+        ));
+        r.failures.extend(results.failures.iter().cloned());
+        r.placement = Some(results);
+    }
+
     controller.wait_quiet(quiet(), settle_timeout).await?;
     log(format!("steady state: {} s idle", args.steady_seconds));
     let before = ApiMetrics::scrape(&admin).await?;
@@ -1884,6 +2640,23 @@ async fn main() -> Result<()> {
     let (status, usage) = controller.stop().await?;
     r.final_usage = usage;
     r.final_exit = status.to_string();
+
+    if args.growth {
+        growth(&admin, &args, &controller_kubeconfig, &work_dir, &mut r).await?;
+        let plot = args.plot.clone().unwrap_or_else(|| {
+            let stem = args
+                .report
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "bench".into());
+            args.report
+                .parent()
+                .unwrap_or(Path::new("."))
+                .join(format!("{stem}-growth.png"))
+        });
+        draw_growth(&plot, &r.growth)?;
+        log(format!("growth plot written to {}", plot.display()));
+    }
 
     // ---- correctness checks (performance targets are reported, not enforced)
     r.wrong = tracker.wrong();
@@ -1904,6 +2677,16 @@ async fn main() -> Result<()> {
                 "{what}: {writes} node patches with every label right"
             ));
         }
+    }
+    let streamed_lists = r.restart.as_ref().map_or(-1.0, |c| c.lists);
+    let streaming_asked = !args
+        .controller_arg
+        .iter()
+        .any(|a| a.contains("initial-list"));
+    if streaming_asked && streamed_lists != 0.0 {
+        r.failures.push(format!(
+            "restart with streaming lists: {streamed_lists} list requests (expected none)"
+        ));
     }
     for (what, exit) in [("cold", &r.cold_exit), ("final", &r.final_exit)] {
         if !exit.contains("exit status: 0") {

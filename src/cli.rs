@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::core::labels::{DEFAULT_LABEL_PREFIX, DEFAULT_OSBUILD_LABEL, LabelKeyError, LabelKeys};
+use crate::watches::InitialList;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -249,6 +250,10 @@ pub struct RunArgs {
     /// Look at every node again this often even when nothing changed (e.g. 30s, 10m, 1h).
     #[arg(long, env = "OSBUILD_RESYNC_INTERVAL", default_value = "10m", value_parser = parse_duration)]
     pub resync_interval: Duration,
+    /// How every watch gets its initial state: `streaming` (one watch streams every object, no list request;
+    /// falls back to `paged` where the server refuses) or `paged` (lists in pages of 100).
+    #[arg(long, env = "OSBUILD_INITIAL_LIST", value_enum, default_value_t = InitialList::Streaming)]
+    pub initial_list: InitialList,
     /// How many nodes are reconciled at once (bounds API load and memory during a cold start).
     #[arg(long, env = "OSBUILD_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,

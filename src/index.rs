@@ -2,85 +2,40 @@
 //! the stream of changed Nodes that drives the node controller.
 //!
 //! Nodes are large (images, conditions, managedFields of every manager) and heartbeat every few seconds. We
-//! keep only what we read, and pass on only changes of our inputs, so memory stays small and heartbeats
-//! cost no reconcile.
+//! decode and keep only what we read ([`IndexedNode`]), and pass on only changes of our inputs, so memory
+//! stays small and heartbeats cost no reconcile.
 
-use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
 use kube::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 
-use crate::FIELD_MANAGER;
 use crate::core::labels::LabelKeys;
 use crate::health::Health;
+use crate::indexed_node::IndexedNode;
 use crate::metrics::Metrics;
-use crate::node_info::{OS_LABEL, is_opted_out, kernel_version};
-use crate::ownership::applied_label_keys;
+use crate::node_info::{NodeInputs, OS_LABEL};
 use crate::supervisor::Supervisor;
-use crate::watches::{LIST_PAGE_SIZE, observe_watch, probe_failing_watch};
+use crate::watches::{InitialList, initial_state_watcher, observe_watch, probe_failing_watch};
 
 /// The name of the Node watch in readiness reports and metrics.
 pub const NODE_WATCH: &str = "nodes";
 
-/// Keeps what the controllers read: name, uid, resourceVersion, the OS label and our labels, our ignore
-/// annotation, our own managedFields entry, and nodeInfo's kernelVersion and operatingSystem.
-pub fn trim_node(node: &mut Node, keys: &LabelKeys) {
-    let meta = &mut node.metadata;
-    if let Some(labels) = meta.labels.as_mut() {
-        labels.retain(|k, _| k == OS_LABEL || keys.is_ours(k));
-    }
-    if let Some(annotations) = meta.annotations.as_mut() {
-        let ignore = keys.ignore_annotation();
-        annotations.retain(|k, _| *k == ignore);
-    }
-    if let Some(fields) = meta.managed_fields.as_mut() {
-        fields.retain(|e| {
-            e.manager.as_deref() == Some(FIELD_MANAGER) && e.operation.as_deref() == Some("Apply")
-        });
-    }
-    meta.owner_references = None;
-    meta.finalizers = None;
-    node.spec = None;
-    let info = node
-        .status
-        .take()
-        .and_then(|s| s.node_info)
-        .map(|info| NodeSystemInfo {
-            kernel_version: info.kernel_version,
-            operating_system: info.operating_system,
-            ..Default::default()
-        });
-    node.status = info.map(|info| NodeStatus {
-        node_info: Some(info),
-        ..Default::default()
-    });
-}
-
 /// A hash of everything the node controller's decision depends on; heartbeats leave it unchanged.
-pub fn node_inputs_hash(node: &Node, keys: &LabelKeys) -> u64 {
+pub fn node_inputs_hash(node: &IndexedNode, keys: &LabelKeys) -> u64 {
     let mut h = DefaultHasher::new();
-    kernel_version(node).hash(&mut h);
-    let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
-    info.map(|i| i.operating_system.as_str()).hash(&mut h);
-    let ours: BTreeMap<&String, &String> = node
-        .metadata
-        .labels
-        .iter()
-        .flatten()
-        .filter(|(k, _)| *k == OS_LABEL || keys.is_ours(k))
-        .collect();
-    ours.hash(&mut h);
-    is_opted_out(node, keys).hash(&mut h);
-    applied_label_keys(
-        node.metadata.managed_fields.as_deref().unwrap_or_default(),
-        FIELD_MANAGER,
-    )
-    .hash(&mut h);
+    node.kernel_version().hash(&mut h);
+    node.operating_system().hash(&mut h);
+    for (k, v) in node.label_pairs() {
+        if k == OS_LABEL || keys.is_ours(k) {
+            (k, v).hash(&mut h);
+        }
+    }
+    node.is_opted_out(keys).hash(&mut h);
+    node.applied_label_keys().hash(&mut h);
     h.finish()
 }
 
@@ -93,15 +48,16 @@ pub type NodesSynced = tokio::sync::watch::Receiver<bool>;
 pub fn start(
     client: &kube::Client,
     selector: Option<&str>,
+    strategy: InitialList,
     keys: &LabelKeys,
     health: &Arc<Health>,
     metrics: &Metrics,
     tasks: &mut Supervisor,
 ) -> (
-    (Store<Node>, NodesSynced),
-    impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    (Store<IndexedNode>, NodesSynced),
+    impl Stream<Item = Result<IndexedNode, watcher::Error>> + Send + 'static,
 ) {
-    let mut config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+    let mut config = watcher::Config::default();
     let mut probe = kube::api::ListParams::default();
     if let Some(selector) = selector {
         config = config.labels(selector);
@@ -110,7 +66,7 @@ pub fn start(
     tasks.spawn(
         "nodes-watch-probe",
         probe_failing_watch(
-            Api::<Node>::all(client.clone()),
+            Api::<IndexedNode>::all(client.clone()),
             probe,
             NODE_WATCH,
             health.clone(),
@@ -121,6 +77,7 @@ pub fn start(
     let (store, synced, changed) = watch_nodes(
         Api::all(client.clone()),
         config,
+        strategy,
         keys.clone(),
         health.clone(),
         metrics.clone(),
@@ -132,21 +89,22 @@ pub fn start(
 /// inputs changed. Watch errors are logged, counted and shown in readiness, then retried with backoff; they
 /// still flow on to the controller so nothing is silently dropped.
 pub fn watch_nodes(
-    api: Api<Node>,
+    api: Api<IndexedNode>,
     config: watcher::Config,
+    strategy: InitialList,
     keys: LabelKeys,
     health: Arc<Health>,
     metrics: Metrics,
 ) -> (
-    Store<Node>,
+    Store<IndexedNode>,
     NodesSynced,
-    impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    impl Stream<Item = Result<IndexedNode, watcher::Error>> + Send + 'static,
 ) {
     health.register_watch(NODE_WATCH);
     let (reader, writer) = reflector::store();
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let trim_keys = keys.clone();
-    let stream = watcher(api, config)
+    let stream = initial_state_watcher(api, config, strategy, NODE_WATCH)
         .default_backoff()
         .map(move |event| {
             observe_watch(&health, &metrics, NODE_WATCH, &event);
@@ -155,11 +113,11 @@ pub fn watch_nodes(
             }
             event
         })
-        .modify(move |node| trim_node(node, &trim_keys))
+        .modify(move |node| *node = std::mem::take(node).trim(&trim_keys))
         .reflect(writer)
         .applied_objects()
         .predicate_filter(
-            move |node: &Node| Some(node_inputs_hash(node, &keys)),
+            move |node: &IndexedNode| Some(node_inputs_hash(node, &keys)),
             // Evicting a cached hash only costs one extra reconcile, so the default TTL (1h) is fine.
             kube::runtime::PredicateConfig::default(),
         );
@@ -169,7 +127,7 @@ pub fn watch_nodes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{ContainerImage, NodeSpec};
+    use k8s_openapi::api::core::v1::{ContainerImage, Node, NodeSpec, NodeStatus, NodeSystemInfo};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 
     fn full_node() -> Node {
@@ -199,6 +157,9 @@ mod tests {
             ManagedFieldsEntry {
                 manager: Some("osbuild-controller".into()),
                 operation: Some("Apply".into()),
+                fields_v1: Some(FieldsV1(serde_json::json!({
+                    "f:metadata": {"f:labels": {".": {}, "f:beta.kubernetes.io/osbuild": {}}}
+                }))),
                 ..Default::default()
             },
         ]);
@@ -219,28 +180,35 @@ mod tests {
         node
     }
 
+    /// Decoded from the API server's JSON, as the watch does.
+    fn indexed(node: &Node) -> IndexedNode {
+        serde_json::from_value::<IndexedNode>(serde_json::to_value(node).unwrap())
+            .unwrap()
+            .trim(&LabelKeys::default())
+    }
+
     #[test]
-    fn trim_keeps_only_what_we_read() {
+    fn the_index_keeps_only_what_we_read() {
         let keys = LabelKeys::default();
-        let mut node = full_node();
-        trim_node(&mut node, &keys);
-        let labels = node.metadata.labels.as_ref().unwrap();
+        let node = indexed(&full_node());
+        let labels = node.labels();
         assert_eq!(labels.len(), 2);
         assert!(!labels.contains_key("team"));
-        assert_eq!(node.metadata.annotations.as_ref().unwrap().len(), 1);
-        assert_eq!(node.metadata.managed_fields.as_ref().unwrap().len(), 1);
-        assert!(node.spec.is_none());
-        let status = node.status.as_ref().unwrap();
-        assert!(status.images.is_none());
-        let info = status.node_info.as_ref().unwrap();
-        assert_eq!(info.kernel_version, "10.0.17763.3887");
-        assert_eq!(info.os_image, "");
+        assert!(node.is_opted_out(&keys));
+        assert_eq!(
+            node.applied_label_keys().into_iter().collect::<Vec<_>>(),
+            ["beta.kubernetes.io/osbuild"]
+        );
+        assert_eq!(node.kernel_version(), "10.0.17763.3887");
+        assert!(node.is_windows());
+        assert_eq!(node, IndexedNode::from(&full_node()).trim(&keys));
     }
 
     #[test]
     fn inputs_hash_ignores_heartbeat_fields_but_not_inputs() {
         let keys = LabelKeys::default();
-        let base = node_inputs_hash(&full_node(), &keys);
+        let hash = |node: &Node| node_inputs_hash(&indexed(node), &keys);
+        let base = hash(&full_node());
         let mut heartbeat = full_node();
         heartbeat.metadata.resource_version = Some("999".into());
         heartbeat
@@ -249,7 +217,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .insert("team".into(), "other".into());
-        assert_eq!(node_inputs_hash(&heartbeat, &keys), base);
+        assert_eq!(hash(&heartbeat), base);
 
         let mut upgraded = full_node();
         upgraded
@@ -260,7 +228,7 @@ mod tests {
             .as_mut()
             .unwrap()
             .kernel_version = "10.0.20348.1".into();
-        assert_ne!(node_inputs_hash(&upgraded, &keys), base);
+        assert_ne!(hash(&upgraded), base);
 
         let mut deleted_label = full_node();
         deleted_label
@@ -269,10 +237,10 @@ mod tests {
             .as_mut()
             .unwrap()
             .remove("beta.kubernetes.io/osbuild");
-        assert_ne!(node_inputs_hash(&deleted_label, &keys), base);
+        assert_ne!(hash(&deleted_label), base);
 
         let mut opted_in = full_node();
         opted_in.metadata.annotations = None;
-        assert_ne!(node_inputs_hash(&opted_in, &keys), base);
+        assert_ne!(hash(&opted_in), base);
     }
 }

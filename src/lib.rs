@@ -11,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod image_command;
 pub mod index;
+pub mod indexed_node;
 pub mod leadership;
 pub mod lease;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! What the controllers read from a Node, as plain accessors and one derived summary ([`NodeFacts`]) that
-//! the pod half and placement use. Pure: no I/O.
+//! the pod half and placement use. Pure: no I/O. [`NodeInputs`] lets the same decisions read a full `Node`
+//! (CLI, tests, the bench) and the Node index's compact [`IndexedNode`](crate::indexed_node::IndexedNode).
 
 use k8s_openapi::api::core::v1::Node;
 
@@ -10,6 +11,28 @@ use crate::core::version::{KernelVersion, WindowsVersion, parse_kernel_version};
 
 /// The kubelet's OS label; either it or `status.nodeInfo.operatingSystem` marks a Windows node.
 pub const OS_LABEL: &str = "kubernetes.io/os";
+
+/// The inputs of every node decision.
+pub trait NodeInputs {
+    /// The node reports Windows (`status.nodeInfo.operatingSystem`) or carries `kubernetes.io/os=windows`.
+    fn is_windows(&self) -> bool;
+    /// `status.nodeInfo.kernelVersion`, empty when not reported.
+    fn kernel_version(&self) -> &str;
+    /// The node carries our ignore annotation.
+    fn is_opted_out(&self, keys: &LabelKeys) -> bool;
+}
+
+impl NodeInputs for Node {
+    fn is_windows(&self) -> bool {
+        is_windows(self)
+    }
+    fn kernel_version(&self) -> &str {
+        kernel_version(self)
+    }
+    fn is_opted_out(&self, keys: &LabelKeys) -> bool {
+        is_opted_out(self, keys)
+    }
+}
 
 pub fn is_windows(node: &Node) -> bool {
     let reported = node
@@ -53,13 +76,13 @@ pub struct NodeFacts {
     pub process_isolation_builds: Vec<u32>,
 }
 
-pub fn node_facts(node: &Node) -> NodeFacts {
-    let version = match parse_kernel_version(kernel_version(node)) {
+pub fn node_facts<N: NodeInputs + ?Sized>(node: &N) -> NodeFacts {
+    let version = match parse_kernel_version(node.kernel_version()) {
         Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
         _ => None,
     };
     NodeFacts {
-        windows: is_windows(node),
+        windows: node.is_windows(),
         version,
         osbuild: version.and_then(|v| osbuild_value(v).ok()),
         release: version

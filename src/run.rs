@@ -45,6 +45,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
     let (index, changed_nodes) = index::start(
         &client,
         args.node_selector.as_deref(),
+        args.initial_list,
         &keys,
         &health,
         &metrics,
@@ -60,6 +61,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         dry_run: args.dry_run,
         nodes: index.0,
         nodes_synced: index.1,
+        initial_list: args.initial_list,
     });
 
     nodes::start(&shared, node_options(&args), changed_nodes, &mut tasks)?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Node, ObjectReference};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -14,9 +14,11 @@ use crate::core::labels::LabelKeys;
 use crate::events::{api_error_category, truncate_note};
 use crate::health::Health;
 use crate::index::NodesSynced;
+use crate::indexed_node::IndexedNode;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_info::{NodeFacts, node_facts};
+use crate::watches::InitialList;
 
 pub struct Shared {
     pub client: Client,
@@ -27,11 +29,13 @@ pub struct Shared {
     pub leadership: Arc<Leadership>,
     /// `--dry-run`: compute and log every change, write nothing.
     pub dry_run: bool,
-    /// The Node index (trimmed Nodes), fed by the one Node watch.
-    pub nodes: Store<Node>,
+    /// The Node index (compact nodes), fed by the one Node watch.
+    pub nodes: Store<IndexedNode>,
     /// Becomes true once the Node index has listed every node.
     pub nodes_synced: NodesSynced,
     pub recorder: Recorder,
+    /// `--initial-list`: how every watch gets its initial state.
+    pub initial_list: InitialList,
 }
 
 /// The Event recorder of this process: reports as the controller, and as the pod when its name is known.
@@ -53,7 +57,7 @@ impl Shared {
     pub fn node_facts(&self, node: &str) -> Option<NodeFacts> {
         self.nodes
             .get(&ObjectRef::new(node))
-            .map(|n| node_facts(&n))
+            .map(|n| node_facts(&*n))
     }
 
     /// Publishes an Event when this replica may write. A failure is logged and counted under `controller`

@@ -4,15 +4,16 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use k8s_openapi::api::core::v1::Node;
-use kube::ResourceExt;
 use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 
 use crate::core::labels::LabelKeys;
+use crate::indexed_node::IndexedNode;
 use crate::leadership::Leadership;
 use crate::metrics::ComputedGauge;
+use crate::node_info::NodeInputs;
 
 use super::plan::{NodeState, plan};
 
@@ -54,8 +55,8 @@ pub struct Counts {
     pub conflicted: i64,
 }
 
-pub fn count<'a>(
-    nodes: impl IntoIterator<Item = &'a Node>,
+pub fn count<'a, N: NodeInputs + Resource + 'a>(
+    nodes: impl IntoIterator<Item = &'a N>,
     keys: &LabelKeys,
     conflicted: impl Fn(&str) -> bool,
 ) -> Counts {
@@ -89,7 +90,7 @@ pub fn count<'a>(
 }
 
 pub struct Inventory {
-    store: Store<Node>,
+    store: Store<IndexedNode>,
     keys: LabelKeys,
     conflicts: Conflicts,
     leadership: Arc<Leadership>,
@@ -100,7 +101,7 @@ pub struct Inventory {
 
 impl Inventory {
     pub fn new(
-        store: Store<Node>,
+        store: Store<IndexedNode>,
         keys: LabelKeys,
         conflicts: Conflicts,
         leadership: Arc<Leadership>,
@@ -166,7 +167,7 @@ impl Collector for Inventory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
 
     fn node(name: &str, os: &str, kernel: &str) -> Node {
         let mut node = Node {
@@ -209,13 +210,14 @@ mod tests {
     async fn the_collector_reports_the_store_and_forgets_deleted_nodes() {
         use kube::runtime::reflector;
         use kube::runtime::watcher::Event;
-        let (reader, mut writer) = reflector::store::<Node>();
+        let (reader, mut writer) = reflector::store::<IndexedNode>();
         let conflicts = Conflicts::default();
         conflicts.set("win-1", true);
         let leadership = Leadership::always_leader();
         let inventory =
             Inventory::new(reader, LabelKeys::default(), conflicts.clone(), leadership).unwrap();
-        writer.apply_watcher_event(&Event::Apply(node("win-1", "windows", "10.0.20348.2227")));
+        let win1 = IndexedNode::from(&node("win-1", "windows", "10.0.20348.2227"));
+        writer.apply_watcher_event(&Event::Apply(win1.clone()));
         let registry = prometheus::Registry::new();
         registry.register(Box::new(inventory)).unwrap();
         let value = |name: &str| -> Option<f64> {
@@ -227,7 +229,7 @@ mod tests {
         };
         assert_eq!(value("osbuild_windows_nodes"), Some(1.0));
         assert_eq!(value("osbuild_nodes_label_conflict"), Some(1.0));
-        writer.apply_watcher_event(&Event::Delete(node("win-1", "windows", "10.0.20348.2227")));
+        writer.apply_watcher_event(&Event::Delete(win1));
         assert_eq!(
             value("osbuild_windows_nodes"),
             None,

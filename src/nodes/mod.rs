@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::FIELD_MANAGER;
 use crate::events::api_error_category;
-use crate::ownership::applied_label_keys;
+use crate::indexed_node::IndexedNode;
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 use inventory::{Conflicts, Inventory};
@@ -73,7 +73,7 @@ impl NodeError {
 pub fn start(
     shared: &Arc<Shared>,
     options: NodeOptions,
-    changed_nodes: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    changed_nodes: impl Stream<Item = Result<IndexedNode, watcher::Error>> + Send + 'static,
     tasks: &mut Supervisor,
 ) -> prometheus::Result<()> {
     let conflicts = Conflicts::default();
@@ -95,7 +95,7 @@ pub fn start(
 
 async fn run(
     ctx: Arc<NodeContext>,
-    changed_nodes: impl Stream<Item = Result<Node, watcher::Error>> + Send + 'static,
+    changed_nodes: impl Stream<Item = Result<IndexedNode, watcher::Error>> + Send + 'static,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = ctx.shared.clone();
@@ -147,11 +147,11 @@ fn became_leader(
 }
 
 #[tracing::instrument(skip_all, fields(node = %node.name_any()))]
-async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
+async fn reconcile(node: Arc<IndexedNode>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
     let shared = &ctx.shared;
     let _timer = shared.metrics.reconcile_duration.start_timer();
     let name = node.name_any();
-    let plan = plan(&node, &shared.keys);
+    let plan = plan(&*node, &shared.keys);
     let requeue = Action::requeue(ctx.options.resync);
     if !shared.leadership.is_leader() {
         // A new leader reconciles every node when it takes over (see run.rs), so nothing is lost here.
@@ -166,11 +166,8 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, Nod
         tracing::debug!("kernelVersion not reported yet; waiting");
         return Ok(requeue);
     };
-    let owned = applied_label_keys(
-        node.metadata.managed_fields.as_deref().unwrap_or_default(),
-        FIELD_MANAGER,
-    );
-    let current = node.metadata.labels.clone().unwrap_or_default();
+    let owned = node.applied_label_keys();
+    let current = node.labels();
     if labels_hold(&current, &desired, &owned) {
         ctx.conflicts.set(&name, false);
         return Ok(requeue);
@@ -211,7 +208,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<NodeContext>) -> Result<Action, Nod
 }
 
 #[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
-fn error_policy(node: Arc<Node>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
+fn error_policy(node: Arc<IndexedNode>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
     let category = err.category();
     ctx.shared.metrics.api_error(CONTROLLER, category);
     tracing::warn!(node = %node.name_any(), category, error = %err, "reconcile failed; retrying");
@@ -262,7 +259,7 @@ fn describe_change(
     }
 }
 
-async fn publish(shared: &Shared, node: &Node, reason: &str, note: String) {
+async fn publish(shared: &Shared, node: &IndexedNode, reason: &str, note: String) {
     let reference = node.object_ref(&());
     shared
         .publish(

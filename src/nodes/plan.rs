@@ -3,12 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Node;
-
 use crate::core::catalog::release_for_build;
 use crate::core::labels::{LabelKeys, LabelProblem, node_labels, osbuild_value};
 use crate::core::version::{KernelVersion, parse_kernel_version};
-use crate::node_info::{is_opted_out, is_windows, kernel_version};
+use crate::node_info::NodeInputs;
 
 /// Where a node stands, as far as our labels go.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,18 +60,18 @@ impl NodePlan {
     }
 }
 
-pub fn plan(node: &Node, keys: &LabelKeys) -> NodePlan {
+pub fn plan<N: NodeInputs + ?Sized>(node: &N, keys: &LabelKeys) -> NodePlan {
     let nothing = |state| NodePlan {
         state,
         desired: Some(BTreeMap::new()),
     };
-    if !is_windows(node) {
+    if !node.is_windows() {
         return nothing(NodeState::NotWindows);
     }
-    if is_opted_out(node, keys) {
+    if node.is_opted_out(keys) {
         return nothing(NodeState::OptedOut);
     }
-    let kernel = kernel_version(node);
+    let kernel = node.kernel_version();
     let parsed = match parse_kernel_version(kernel) {
         Ok(KernelVersion::Windows(parsed)) => parsed,
         Ok(KernelVersion::NotReported) => {
@@ -109,7 +107,7 @@ pub fn plan(node: &Node, keys: &LabelKeys) -> NodePlan {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::{NodeStatus, NodeSystemInfo};
+    use k8s_openapi::api::core::v1::{Node, NodeStatus, NodeSystemInfo};
 
     fn node(os: &str, kernel: &str) -> Node {
         Node {

@@ -31,7 +31,7 @@ use crate::node_info::node_facts;
 use crate::registry::{Freshness, Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
-use crate::watches::{LIST_PAGE_SIZE, observe_watch};
+use crate::watches::{initial_state_watcher, observe_watch};
 use decide::{ClusterHost, Decision, ImageResult, Inputs, Release, decide, has_gate};
 use gauge::{GatedPods, PlacementCollector};
 
@@ -120,9 +120,14 @@ async fn run(
         () = shutdown.cancelled() => return Ok(()),
     }
     let mut events = pin!(
-        watcher(pods, watcher::Config::default().page_size(LIST_PAGE_SIZE))
-            .default_backoff()
-            .take_until(shutdown.clone().cancelled_owned())
+        initial_state_watcher(
+            pods,
+            watcher::Config::default(),
+            shared.initial_list,
+            GATED_PODS_WATCH
+        )
+        .default_backoff()
+        .take_until(shutdown.clone().cancelled_owned())
     );
     let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
@@ -418,7 +423,7 @@ fn cluster_hosts(shared: &Shared) -> Vec<ClusterHost> {
         .state()
         .iter()
         .filter_map(|node| {
-            let facts = node_facts(node);
+            let facts = node_facts(&**node);
             Some(ClusterHost {
                 name: node.name_any(),
                 version: facts.version.filter(|_| facts.windows)?,

@@ -83,7 +83,7 @@ pub struct Episodes {
     keys: LabelKeys,
     /// pod uid → container → flag: the episodes in progress.
     flagged: HashMap<String, BTreeMap<String, Flag>>,
-    /// Flagged pod uids seen during a re-list; the others were deleted while the watch was down.
+    /// Flagged pod uids seen during a re-list (only those); the others were deleted while the watch was down.
     relist_seen: Option<HashSet<String>>,
 }
 
@@ -144,9 +144,6 @@ impl Episodes {
         let Some(pod_ref) = PodRef::of(pod) else {
             return Vec::new();
         };
-        if let Some(seen) = self.relist_seen.as_mut() {
-            seen.insert(pod_ref.uid.clone());
-        }
         let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
         // A terminating pod's episode is over: the user (or a rollout) is already replacing it.
         let terminating = pod.metadata.deletion_timestamp.is_some();
@@ -192,6 +189,13 @@ impl Episodes {
         }
         if !effects.is_empty() {
             effects.push(self.annotation(&pod_ref));
+        }
+        // Only flagged pods matter to relist_done: remembering every pod would keep one uid per pod of the
+        // cluster for the length of each re-list (~15 MiB at 150,000 pods).
+        if self.flagged.contains_key(&pod_ref.uid)
+            && let Some(seen) = self.relist_seen.as_mut()
+        {
+            seen.insert(pod_ref.uid.clone());
         }
         effects
     }

@@ -29,7 +29,7 @@ use crate::events::api_error_category;
 use crate::registry::{Freshness, Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
-use crate::watches::{LIST_PAGE_SIZE, observe_watch, probe_failing_watch};
+use crate::watches::{initial_state_watcher, observe_watch, probe_failing_watch};
 use detect::{SANDBOX_EVENT_REASON, sandbox_failure};
 use episodes::{Effect, Episodes, Flag, PodRef};
 
@@ -124,12 +124,14 @@ async fn detect(
         result = synced.wait_for(|synced| *synced) => if result.is_err() { return Ok(()) },
         () = shutdown.cancelled() => return Ok(()),
     }
-    let pod_stream = watcher(pods, watcher::Config::default().page_size(LIST_PAGE_SIZE))
+    let strategy = shared.initial_list;
+    let pod_stream = initial_state_watcher(pods, watcher::Config::default(), strategy, PODS_WATCH)
         .default_backoff()
         .map(|e| Input::Pod(Box::new(e)));
-    let event_stream = watcher(events, sandbox_events)
-        .default_backoff()
-        .map(|e| Input::Sandbox(Box::new(e)));
+    let event_stream =
+        initial_state_watcher(events, sandbox_events, strategy, SANDBOX_EVENTS_WATCH)
+            .default_backoff()
+            .map(|e| Input::Sandbox(Box::new(e)));
     let mut inputs = pin!(
         futures::stream::select(pod_stream, event_stream).take_until(shutdown.cancelled_owned())
     );

@@ -12,6 +12,7 @@ pub mod cache;
 pub mod credentials;
 pub mod error;
 pub mod manifest;
+pub mod reference;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -152,10 +153,8 @@ impl Registry {
         credentials: &[Credential],
         freshness: Freshness,
     ) -> Result<Arc<ResolvedImage>, RegistryError> {
-        let reference: Reference = image
-            .trim()
-            .parse()
-            .map_err(|e| RegistryError::new(ErrorKind::BadReference, image, format!("{e}")))?;
+        let reference = reference::parse(image.trim())
+            .map_err(|e| RegistryError::new(ErrorKind::BadReference, image, e))?;
         let key = CacheKey::for_reference(&reference.whole(), credentials);
         if freshness == Freshness::Cached
             && let Some(hit) = self.cached(&key)
