@@ -293,7 +293,8 @@ impl State {
             self.label_changes += 1;
         }
         if let Some(v) = violation {
-            self.violations.push(format!("[{at:.1}s] wrong labels: {v}"));
+            self.violations
+                .push(format!("[{at:.1}s] wrong labels: {v}"));
         }
         if let Some(l) = latency {
             self.latencies.push((at, l));
@@ -328,7 +329,8 @@ impl State {
         let Some(spec) = lease.spec.as_ref() else {
             return;
         };
-        let (Some(acquired), Some(renewed)) = (spec.acquire_time.as_ref(), spec.renew_time.as_ref())
+        let (Some(acquired), Some(renewed)) =
+            (spec.acquire_time.as_ref(), spec.renew_time.as_ref())
         else {
             return;
         };
@@ -356,9 +358,10 @@ impl State {
             .map(|t| t.0)
             .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
             .unwrap_or_else(Timestamp::now);
-        let (count, last) = event.series.as_ref().map_or((1, first), |s| {
-            (s.count.max(1), s.last_observed_time.0)
-        });
+        let (count, last) = event
+            .series
+            .as_ref()
+            .map_or((1, first), |s| (s.count.max(1), s.last_observed_time.0));
         self.events.insert(
             uid,
             Published {
@@ -415,7 +418,11 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
     };
     for (uid, published) in &state.events {
         let mut assign = |t: Timestamp, n: i32| match episode_at(&published.pod_uid, t) {
-            Some(i) => *per_episode.entry((published.pod_uid.clone(), i)).or_default() += n,
+            Some(i) => {
+                *per_episode
+                    .entry((published.pod_uid.clone(), i))
+                    .or_default() += n
+            }
             None => violations.push(format!(
                 "Event {uid} (by {}) about pod {} at {t} matches no episode the checker saw",
                 published.reporter, published.pod_uid
@@ -430,10 +437,7 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
     for (pod_uid, episodes) in &state.episodes {
         for (i, e) in episodes.iter().enumerate() {
             judged += 1;
-            let n = per_episode
-                .get(&(pod_uid.clone(), i))
-                .copied()
-                .unwrap_or(0);
+            let n = per_episode.get(&(pod_uid.clone(), i)).copied().unwrap_or(0);
             if n != 1 {
                 violations.push(format!(
                     "pod {} episode {i} ({} .. {}): {n} OSVersionMismatch Events, expected exactly 1",

@@ -190,7 +190,10 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
             let levels: Api<PriorityLevelConfiguration> = Api::all(ctx.client.clone());
             let schemas: Api<FlowSchema> = Api::all(ctx.client.clone());
             let made = levels.create(&PostParams::default(), &level).await.is_ok()
-                && schemas.create(&PostParams::default(), &schema).await.is_ok();
+                && schemas
+                    .create(&PostParams::default(), &schema)
+                    .await
+                    .is_ok();
             tokio::time::sleep(Duration::from_secs(15)).await;
             let _ = schemas.delete(&name, &DeleteParams::default()).await;
             let _ = levels.delete(&name, &DeleteParams::default()).await;

@@ -35,7 +35,9 @@ use replicas::{Flags, NAMES, Replica};
 use workload::{ChurnStats, Sizes, Workload};
 
 #[derive(Debug, Parser)]
-#[command(about = "Chaos soak of osbuild-controller: three replicas, random faults, independent witnesses")]
+#[command(
+    about = "Chaos soak of osbuild-controller: three replicas, random faults, independent witnesses"
+)]
 struct Args {
     /// 20 minutes, 1,000 nodes and 10,000 pods, faults every 20-40 s (default: the CI mode, 3 minutes).
     #[arg(long)]
@@ -69,7 +71,8 @@ async fn grant_manifests(client: &kube::Client, prefix: &str, namespace: &str) {
         serde_norway::from_str(&read("manifests/base/clusterrole.yaml")).unwrap();
     cluster_role["metadata"] = json!({"name": format!("{prefix}-controller")});
     let mut role: Value = serde_norway::from_str(&read("manifests/base/role.yaml")).unwrap();
-    role["metadata"] = json!({"name": "osbuild-controller-leader-election", "namespace": namespace});
+    role["metadata"] =
+        json!({"name": "osbuild-controller-leader-election", "namespace": namespace});
     let subjects: Vec<Value> = NAMES
         .iter()
         .map(|n| json!({"kind": "ServiceAccount", "name": format!("soak-{n}"), "namespace": namespace}))
@@ -411,7 +414,11 @@ async fn main() {
 
     // ---------------------------------------------------------------- report
     let mut r = String::new();
-    writeln!(r, "## Soak run: seed {seed}, {mode} mode, {duration:.0} s\n").unwrap();
+    writeln!(
+        r,
+        "## Soak run: seed {seed}, {mode} mode, {duration:.0} s\n"
+    )
+    .unwrap();
     writeln!(
         r,
         "Replay: `scripts/soak{} --seed {seed}`. {} nodes ({} Windows with pods, {} Linux, {} Windows joining and leaving), {} pods, three replicas (`--leader-elect --lease-duration {}s --force-conflicts`), each its own ServiceAccount with exactly the rights of manifests/base.\n",
@@ -424,7 +431,11 @@ async fn main() {
         LEASE_DURATION.as_secs()
     )
     .unwrap();
-    writeln!(r, "### Faults injected\n\n| at (s) | fault | what | healed after (s) |\n|---|---|---|---|").unwrap();
+    writeln!(
+        r,
+        "### Faults injected\n\n| at (s) | fault | what | healed after (s) |\n|---|---|---|---|"
+    )
+    .unwrap();
     for (at, kind, what, took) in &injected {
         writeln!(r, "| {at:.0} | {} | {what} | {took:.1} |", kind.name()).unwrap();
     }
@@ -432,7 +443,16 @@ async fn main() {
     for (_, kind, _, _) in &injected {
         *by_kind.entry(*kind).or_default() += 1;
     }
-    writeln!(r, "\nBy kind: {}.\n", by_kind.iter().map(|(k, n)| format!("{} × {n}", k.name())).collect::<Vec<_>>().join("; ")).unwrap();
+    writeln!(
+        r,
+        "\nBy kind: {}.\n",
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{} × {n}", k.name()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+    .unwrap();
     let o = Ordering::Relaxed;
     writeln!(
         r,
@@ -442,33 +462,119 @@ async fn main() {
     )
     .unwrap();
     let latencies: Vec<f64> = state.latencies.iter().map(|(_, l)| *l).collect();
-    let transitions = state
-        .lease
-        .iter()
-        .map(|l| l.transitions)
-        .max()
-        .unwrap_or(0)
+    let transitions = state.lease.iter().map(|l| l.transitions).max().unwrap_or(0)
         - state.lease.iter().map(|l| l.transitions).min().unwrap_or(0);
     writeln!(r, "### Witnesses\n").unwrap();
     writeln!(r, "| what | measured |\n|---|---|").unwrap();
-    writeln!(r, "| node observations by the checker | {} ({} changes of our labels) |", state.observations, state.label_changes).unwrap();
-    writeln!(r, "| wrong label sets (not the current or previous kernelVersion's) | {} |", state.violations.len()).unwrap();
-    writeln!(r, "| initial convergence | {:.1} s |", initial_convergence.as_secs_f64()).unwrap();
+    writeln!(
+        r,
+        "| node observations by the checker | {} ({} changes of our labels) |",
+        state.observations, state.label_changes
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| wrong label sets (not the current or previous kernelVersion's) | {} |",
+        state.violations.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| initial convergence | {:.1} s |",
+        initial_convergence.as_secs_f64()
+    )
+    .unwrap();
     writeln!(r, "| labels matching a new kernelVersion, p50 / p99 / max | {:.2} / {:.2} / {:.2} s ({} changes) |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0), latencies.len()).unwrap();
-    writeln!(r, "| hand edits repaired, p50 / max | {:.2} / {:.2} s ({}) |", percentile(&state.tamper_repairs, 0.5), percentile(&state.tamper_repairs, 1.0), state.tamper_repairs.len()).unwrap();
-    writeln!(r, "| convergence after the last fault (limit 30 s) | {} |", final_convergence.map_or("not converged".into(), |t| format!("{:.1} s", t.as_secs_f64()))).unwrap();
-    writeln!(r, "| mismatch episodes / OSVersionMismatch Events | {episodes} / {} |", state.events.values().map(|e| e.count).sum::<i32>()).unwrap();
-    writeln!(r, "| leader terms / Lease transitions | {} / {transitions} |", terms.len()).unwrap();
-    writeln!(r, "| replicas' requests in the audit log | {} |", judgement.requests).unwrap();
-    writeln!(r, "| leader writes by replica (nodes, pods, events) | {} |", judgement.writes_by_replica.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")).unwrap();
-    writeln!(r, "| writes outside the writer's terms (+ renew deadline {renew_deadline:?}) | {} |", judgement.violations.iter().filter(|v| v.contains("outside")).count()).unwrap();
-    writeln!(r, "| granted by manifests/ but never used | {} |", if judgement.unused.is_empty() { "none".into() } else { format!("{:?}", judgement.unused) }).unwrap();
+    writeln!(
+        r,
+        "| hand edits repaired, p50 / max | {:.2} / {:.2} s ({}) |",
+        percentile(&state.tamper_repairs, 0.5),
+        percentile(&state.tamper_repairs, 1.0),
+        state.tamper_repairs.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| convergence after the last fault (limit 30 s) | {} |",
+        final_convergence.map_or("not converged".into(), |t| format!(
+            "{:.1} s",
+            t.as_secs_f64()
+        ))
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| mismatch episodes / OSVersionMismatch Events | {episodes} / {} |",
+        state.events.values().map(|e| e.count).sum::<i32>()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| leader terms / Lease transitions | {} / {transitions} |",
+        terms.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| replicas' requests in the audit log | {} |",
+        judgement.requests
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| leader writes by replica (nodes, pods, events) | {} |",
+        judgement
+            .writes_by_replica
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| writes outside the writer's terms (+ renew deadline {renew_deadline:?}) | {} |",
+        judgement
+            .violations
+            .iter()
+            .filter(|v| v.contains("outside"))
+            .count()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| granted by manifests/ but never used | {} |",
+        if judgement.unused.is_empty() {
+            "none".into()
+        } else {
+            format!("{:?}", judgement.unused)
+        }
+    )
+    .unwrap();
     for (replica, growth) in &rss_growth {
-        writeln!(r, "| RSS of replica {} (longest-lived process): growth over its life | {:+.1}% |", NAMES[*replica], growth * 100.0).unwrap();
+        writeln!(
+            r,
+            "| RSS of replica {} (longest-lived process): growth over its life | {:+.1}% |",
+            NAMES[*replica],
+            growth * 100.0
+        )
+        .unwrap();
     }
     writeln!(r, "\n### Access per replica (audit log)\n").unwrap();
     for (replica, used) in &judgement.used_by_replica {
-        let list: Vec<String> = used.iter().map(|(g, res, v)| format!("{v} {}{res}", if g.is_empty() { String::new() } else { format!("{g}/") })).collect();
+        let list: Vec<String> = used
+            .iter()
+            .map(|(g, res, v)| {
+                format!(
+                    "{v} {}{res}",
+                    if g.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{g}/")
+                    }
+                )
+            })
+            .collect();
         writeln!(r, "- {replica}: {}", list.join(", ")).unwrap();
     }
     writeln!(r, "\n### Verdict\n").unwrap();

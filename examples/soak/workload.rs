@@ -181,10 +181,7 @@ impl Workload {
     async fn create_node(&self, name: &str, os: &str, kernel: &str) -> kube::Result<()> {
         let nodes = self.nodes();
         nodes
-            .create(
-                &PostParams::default(),
-                &node_object(name, &self.prefix, os),
-            )
+            .create(&PostParams::default(), &node_object(name, &self.prefix, os))
             .await?;
         nodes
             .patch_status(
@@ -320,7 +317,10 @@ impl Workload {
                 field_manager: Some("soak-hand".into()),
                 ..PatchParams::default()
             };
-            let result = self.nodes().patch(&node, &params, &Patch::Merge(&patch)).await;
+            let result = self
+                .nodes()
+                .patch(&node, &params, &Patch::Merge(&patch))
+                .await;
             let rv = result
                 .as_ref()
                 .ok()
