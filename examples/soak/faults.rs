@@ -90,6 +90,14 @@ pub struct Context<'a> {
     pub flags: &'a Flags,
     pub namespace: &'a str,
     pub lease_duration: Duration,
+    /// Invariants a fault itself found violated (readiness).
+    pub problems: Arc<Mutex<Vec<String>>>,
+}
+
+async fn readyz(addr: &str) -> u16 {
+    osbuild_testkit::http_get(addr, "/readyz")
+        .await
+        .map_or(0, |(status, _)| status)
 }
 
 impl Context<'_> {
@@ -150,16 +158,46 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
         }
         Kind::WatchExpired => {
             let i = fault.pick % NAMES.len();
-            let name = {
+            let (name, addr) = {
                 let replicas = ctx.replicas.lock().unwrap();
                 replicas[i].proxy.cut();
-                replicas[i].identity()
+                (replicas[i].identity(), replicas[i].metrics_addr.clone())
             };
             // The API server compacts etcd every second and serves watches without a cache, so after the
             // churn's writes meanwhile, the replica's resourceVersions are gone: its watches get 410.
-            tokio::time::sleep(Duration::from_secs(8)).await;
+            // Readiness must say so while the watches are broken, and come back once they are healed.
+            let cut = std::time::Instant::now();
+            let mut not_ready = false;
+            while cut.elapsed() < Duration::from_secs(8) {
+                not_ready |= readyz(&addr).await == 503;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
             ctx.replicas.lock().unwrap()[i].proxy.heal();
-            format!("{name} cut off for 8s")
+            let healed = std::time::Instant::now();
+            let mut ready_again = None;
+            while healed.elapsed() < Duration::from_secs(30) {
+                if readyz(&addr).await == 200 {
+                    ready_again = Some(healed.elapsed());
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            if !not_ready {
+                ctx.problems.lock().unwrap().push(format!(
+                    "{name}: /readyz never 503 while its watches were cut off"
+                ));
+            }
+            match ready_again {
+                Some(t) => format!(
+                    "{name} cut off for 8s: not ready meanwhile {not_ready}, ready again {t:.1?} after"
+                ),
+                None => {
+                    ctx.problems.lock().unwrap().push(format!(
+                        "{name}: not ready 30 s after its connection was healed"
+                    ));
+                    format!("{name} cut off for 8s: not ready again within 30 s")
+                }
+            }
         }
         Kind::Throttled => {
             let name = format!("{}-soak-throttle", ctx.namespace);
@@ -200,7 +238,10 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
             if made {
                 "throttled for 15s".into()
             } else {
-                "throttling could not be set up (the API server refused the FlowSchema)".into()
+                ctx.problems.lock().unwrap().push(
+                    "throttling could not be set up (the API server refused the FlowSchema)".into(),
+                );
+                "not throttled".into()
             }
         }
     }

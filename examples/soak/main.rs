@@ -313,6 +313,7 @@ async fn main() {
         flags: &flags,
         namespace: &namespace,
         lease_duration: LEASE_DURATION,
+        problems: Arc::default(),
     };
     let mut injected: Vec<(f64, faults::Kind, String, f64)> = Vec::new();
     for fault in &schedule {
@@ -334,6 +335,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs_f64(rest)).await;
     }
     stop.store(true, Ordering::SeqCst);
+    violations.extend(ctx.problems.lock().unwrap().iter().cloned());
     let _ = churn.await;
     let _ = sampler.await;
     let last_fault_end = Instant::now();
