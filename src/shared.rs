@@ -60,8 +60,9 @@ impl Shared {
             .map(|n| node_facts(&*n))
     }
 
-    /// Publishes an Event when this replica may write. A failure is logged and counted under `controller`
-    /// with the API error's category, never fatal: what the Event reports on stands without it.
+    /// Publishes an Event when this replica may write; returns whether it was written. A failure is logged
+    /// and counted under `controller` with the API error's category, never fatal: what the Event reports on
+    /// stands without it.
     pub async fn publish(
         &self,
         controller: &'static str,
@@ -70,9 +71,9 @@ impl Shared {
         reason: &str,
         action: &str,
         note: String,
-    ) {
+    ) -> bool {
         if !self.may_write() {
-            return;
+            return false;
         }
         let event = Event {
             type_,
@@ -81,8 +82,9 @@ impl Shared {
             action: action.to_owned(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, reference).await {
-            let category = api_error_category(&err);
+        let result = self.recorder.publish(&event, reference).await;
+        if let Err(err) = &result {
+            let category = api_error_category(err);
             self.metrics.api_error(controller, category);
             tracing::warn!(
                 kind = reference.kind.as_deref().unwrap_or_default(),
@@ -93,5 +95,6 @@ impl Shared {
                 "cannot publish event"
             );
         }
+        result.is_ok()
     }
 }

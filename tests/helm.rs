@@ -384,7 +384,6 @@ fn expected<'a>(
     audit: bool,
 ) -> Expected<'a> {
     let mut needed = vec![
-        access("get", "", "nodes"),
         access("list", "", "nodes"),
         access("watch", "", "nodes"),
         access("patch", "", "nodes").named("win-1"),
@@ -395,6 +394,7 @@ fn expected<'a>(
             .named("web-0.1871f"),
     ];
     let mut forbidden = vec![
+        access("get", "", "nodes").named("win-1"),
         access("update", "", "pods").ns("shop").named("web-0"),
         access("delete", "", "pods").ns("shop").named("web-0"),
         access("create", "", "pods").ns("shop"),

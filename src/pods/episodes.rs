@@ -85,6 +85,11 @@ pub struct Episodes {
     flagged: HashMap<String, BTreeMap<String, Flag>>,
     /// Flagged pod uids seen during a re-list (only those); the others were deleted while the watch was down.
     relist_seen: Option<HashSet<String>>,
+    /// Episodes in progress whose Event is not known to be published (no leader when they began, or the
+    /// write failed), with the Event's message: the leader publishes them ([`Self::unreported`]).
+    unreported: BTreeMap<(String, String), String>,
+    /// Pods with an Event of ours seen before this replica flagged them (the watches are not ordered).
+    published_early: HashSet<String>,
 }
 
 impl Episodes {
@@ -93,7 +98,38 @@ impl Episodes {
             keys,
             flagged: HashMap::new(),
             relist_seen: None,
+            unreported: BTreeMap::new(),
+            published_early: HashSet::new(),
         }
+    }
+
+    /// An Event of ours about this pod was published (by any replica): the pod's episodes in progress are
+    /// reported. Followers learn this from the Events watch, so a new leader does not report them again.
+    /// Pod granularity: the leader publishes every container's Event as it flags them, together.
+    pub fn published(&mut self, uid: &str) {
+        if self.flagged.contains_key(uid) {
+            self.unreported.retain(|(u, _), _| u != uid);
+        } else {
+            self.published_early.insert(uid.to_owned());
+        }
+    }
+
+    /// The Event of this episode was published by this replica.
+    pub fn reported(&mut self, uid: &str, container: &str) {
+        self.unreported
+            .remove(&(uid.to_owned(), container.to_owned()));
+    }
+
+    /// Episodes in progress whose Event is not known to be published, with its message: what a (new)
+    /// leader must still publish, so every episode gets its Event across leader changes.
+    pub fn unreported(&self) -> Vec<(Flag, String)> {
+        self.unreported
+            .iter()
+            .filter_map(|((uid, container), message)| {
+                let flag = self.flagged.get(uid)?.get(container)?;
+                Some((flag.clone(), message.clone()))
+            })
+            .collect()
     }
 
     /// Episodes in progress.
@@ -119,11 +155,13 @@ impl Episodes {
             .filter(|uid| !seen.contains(*uid))
             .cloned()
             .collect();
+        self.published_early.retain(|uid| seen.contains(uid));
         gone.iter().flat_map(|uid| self.clear_pod(uid)).collect()
     }
 
     /// The pod is gone: its episodes end (there is nothing left to annotate).
     pub fn pod_deleted(&mut self, uid: &str) -> Vec<Effect> {
+        self.published_early.remove(uid);
         self.clear_pod(uid)
     }
 
@@ -155,6 +193,10 @@ impl Episodes {
             Some(_) if !terminating => active_failures_confirmed(pod, confirmed),
             _ => Vec::new(),
         };
+        if failures.is_empty() {
+            // An Event seen for this pod belongs to an episode that is over: the next one needs its own.
+            self.published_early.remove(&pod_ref.uid);
+        }
         let still_pulling = if terminating {
             Vec::new()
         } else {
@@ -270,6 +312,12 @@ impl Episodes {
             finding: annotation_value(&failure, node, facts),
         };
         let message = finding_message(&failure, node, facts, &self.keys);
+        if !self.published_early.contains(&pod.uid) {
+            self.unreported.insert(
+                (pod.uid.clone(), failure.container.clone()),
+                message.clone(),
+            );
+        }
         flags.insert(failure.container, flag.clone());
         Some(Effect::Flagged { flag, message })
     }
@@ -279,11 +327,16 @@ impl Episodes {
         let flag = flags.remove(container);
         if flags.is_empty() {
             self.flagged.remove(uid);
+            self.published_early.remove(uid);
         }
+        self.unreported
+            .remove(&(uid.to_owned(), container.to_owned()));
         flag.map(|flag| Effect::Cleared { flag })
     }
 
     fn clear_pod(&mut self, uid: &str) -> Vec<Effect> {
+        self.unreported.retain(|(u, _), _| u != uid);
+        self.published_early.remove(uid);
         self.flagged
             .remove(uid)
             .into_iter()
@@ -435,6 +488,62 @@ mod tests {
         assert!(e.is_empty());
         let again = e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
         assert_eq!(kinds(&again), ["flag app", "annotate 1"]);
+    }
+
+    fn unreported(e: &Episodes) -> Vec<String> {
+        e.unreported()
+            .iter()
+            .map(|(f, _)| format!("{} {}", f.pod.uid, f.container))
+            .collect()
+    }
+
+    // Found by the chaos soak (scripts/soak): an episode that began while no replica led (the leader was
+    // killed or paused) was never reported, because only its first observation published the Event.
+    #[test]
+    fn an_episode_flagged_without_a_leader_stays_unreported_until_published() {
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(unreported(&e), ["u1 app"], "no replica published its Event");
+        let (flag, message) = &e.unreported()[0];
+        assert!(message.contains("app"), "{message}");
+        e.reported(&flag.pod.uid.clone(), "app");
+        assert!(unreported(&e).is_empty());
+        assert_eq!(e.len(), 1, "the episode goes on, reported");
+    }
+
+    #[test]
+    fn a_followers_episode_is_reported_once_the_leaders_event_is_seen_in_either_order() {
+        // The leader's Event after this replica flagged the pod.
+        let mut e = episodes();
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        e.published("u1");
+        assert!(unreported(&e).is_empty());
+        // The leader's Event before this replica saw the failure (the two watches are not ordered).
+        let mut e = episodes();
+        e.pod_observed(&pod("u2", json!({})), Some(&ws2019()));
+        e.published("u2");
+        e.pod_observed(&crash_looping("u2"), Some(&ws2019()));
+        assert!(unreported(&e).is_empty());
+    }
+
+    #[test]
+    fn an_event_of_a_finished_episode_does_not_report_the_next() {
+        let mut e = episodes();
+        e.published("u1"); // an old Event, e.g. seen in the first list after a restart
+        e.pod_observed(&running("u1"), Some(&ws2019()));
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(unreported(&e), ["u1 app"]);
+        // Recovery ends the episode and forgets it; the next one is unreported again.
+        e.reported("u1", "app");
+        e.pod_observed(&running("u1"), Some(&ws2019()));
+        assert!(unreported(&e).is_empty() && e.is_empty());
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(unreported(&e), ["u1 app"]);
+        e.pod_deleted("u1");
+        assert!(
+            unreported(&e).is_empty(),
+            "a deleted pod has nothing to report"
+        );
     }
 
     #[test]

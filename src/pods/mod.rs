@@ -39,6 +39,8 @@ pub const CONTROLLER: &str = "pod-detector";
 pub const EVENT_REASON: &str = "OSVersionMismatch";
 pub const PODS_WATCH: &str = "pods";
 pub const SANDBOX_EVENTS_WATCH: &str = "pod-sandbox-events";
+/// Our own mismatch Events (which episodes the leader has reported); not a readiness watch.
+pub const PUBLISHED_EVENTS_WATCH: &str = "published-events";
 
 /// The detector's own options.
 #[derive(Debug, Clone)]
@@ -110,7 +112,14 @@ enum Input {
     // Boxed: objects are large, and only the pointer moves through the merged stream.
     Pod(Box<Result<watcher::Event<Pod>, watcher::Error>>),
     Sandbox(Box<Result<watcher::Event<CoreEvent>, watcher::Error>>),
+    /// Our own OSVersionMismatch Events, published by whichever replica led.
+    Published(Box<Result<watcher::Event<CoreEvent>, watcher::Error>>),
+    /// Time to publish the Events of episodes not reported yet (as the leader).
+    Tick,
 }
+
+/// How often the leader looks for episodes whose Event is not published yet.
+const REPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs until `shutdown`. Waits for the Node index first: a pod's node must be known to judge it.
 async fn detect(
@@ -128,12 +137,33 @@ async fn detect(
     let pod_stream = initial_state_watcher(pods, watcher::Config::default(), strategy, PODS_WATCH)
         .default_backoff()
         .map(|e| Input::Pod(Box::new(e)));
-    let event_stream =
-        initial_state_watcher(events, sandbox_events, strategy, SANDBOX_EVENTS_WATCH)
-            .default_backoff()
-            .map(|e| Input::Sandbox(Box::new(e)));
+    let event_stream = initial_state_watcher(
+        events.clone(),
+        sandbox_events,
+        strategy,
+        SANDBOX_EVENTS_WATCH,
+    )
+    .default_backoff()
+    .map(|e| Input::Sandbox(Box::new(e)));
+    // Our own Events, so that every replica knows which episodes the leader has reported.
+    let published_stream = initial_state_watcher(
+        events,
+        watcher::Config::default().fields(&format!("reason={EVENT_REASON}")),
+        strategy,
+        PUBLISHED_EVENTS_WATCH,
+    )
+    .default_backoff()
+    .map(|e| Input::Published(Box::new(e)));
+    let ticks = futures::stream::unfold((), |()| async {
+        tokio::time::sleep(REPORT_RETRY).await;
+        Some((Input::Tick, ()))
+    });
     let mut inputs = pin!(
-        futures::stream::select(pod_stream, event_stream).take_until(shutdown.cancelled_owned())
+        futures::stream::select(
+            futures::stream::select(pod_stream, event_stream),
+            futures::stream::select(published_stream, ticks)
+        )
+        .take_until(shutdown.cancelled_owned())
     );
 
     let mut episodes = Episodes::new(shared.keys.clone());
@@ -170,9 +200,32 @@ async fn detect(
                     _ => Vec::new(),
                 }
             }
+            Input::Published(event) => {
+                if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = *event
+                    && e.reporting_component.as_deref() == Some(FIELD_MANAGER)
+                    && let Some(uid) = e.involved_object.uid.as_deref()
+                {
+                    episodes.published(uid);
+                }
+                Vec::new()
+            }
+            Input::Tick => {
+                // Episodes that began while no replica led, or whose Event could not be written: the
+                // leader reports them now.
+                if shared.may_write() {
+                    for (flag, message) in episodes.unreported() {
+                        if report(&shared, &flag, message).await {
+                            episodes.reported(&flag.pod.uid, &flag.container);
+                        }
+                    }
+                }
+                Vec::new()
+            }
         };
         for effect in effects {
-            carry_out(&shared, annotate, effect).await;
+            if let Some(flag) = carry_out(&shared, annotate, effect).await {
+                episodes.reported(&flag.pod.uid, &flag.container);
+            }
         }
     }
     Ok(())
@@ -349,19 +402,24 @@ async fn on_sandbox_event(
     episodes.sandbox_failed(&found, &pod, facts.as_ref())
 }
 
-async fn carry_out(shared: &Shared, annotate: bool, effect: Effect) {
+/// Carries out one effect; returns the flag whose Event this replica has just published.
+async fn carry_out(shared: &Shared, annotate: bool, effect: Effect) -> Option<Flag> {
     match effect {
-        Effect::Flagged { flag, message } => flagged(shared, &flag, message).await,
-        Effect::Cleared { flag } => cleared(shared, &flag),
+        Effect::Flagged { flag, message } => flagged(shared, &flag, message).await.then_some(flag),
+        Effect::Cleared { flag } => {
+            cleared(shared, &flag);
+            None
+        }
         Effect::Annotate { pod, findings } if annotate => {
             sync_annotation(shared, &pod, findings).await;
+            None
         }
-        Effect::Annotate { .. } => {}
+        Effect::Annotate { .. } => None,
     }
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %flag.pod.namespace, pod = %flag.pod.name, container = %flag.container, node = %flag.node))]
-async fn flagged(shared: &Shared, flag: &Flag, message: String) {
+async fn flagged(shared: &Shared, flag: &Flag, message: String) -> bool {
     let metrics = &shared.metrics;
     metrics
         .pod_os_mismatch
@@ -372,6 +430,11 @@ async fn flagged(shared: &Shared, flag: &Flag, message: String) {
         .with_label_values(&[&flag.pod.namespace])
         .inc();
     tracing::warn!("{message}");
+    report(shared, flag, message).await
+}
+
+/// Publishes the episode's Warning Event (as the leader); returns whether it was written.
+async fn report(shared: &Shared, flag: &Flag, message: String) -> bool {
     let reference = ObjectReference {
         api_version: Some("v1".into()),
         kind: Some("Pod".into()),
@@ -389,7 +452,7 @@ async fn flagged(shared: &Shared, flag: &Flag, message: String) {
             "DetectOSMismatch",
             message,
         )
-        .await;
+        .await
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %flag.pod.namespace, pod = %flag.pod.name, container = %flag.container))]

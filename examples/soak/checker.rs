@@ -1,0 +1,452 @@
+//! The independent checker: its own watches (admin identity, never through the replicas' proxies) of the
+//! soak's Nodes, Pods, the Lease and our Events. It judges from what it saw, with the library's pure `plan`
+//! as the only knowledge of what labels a node should carry.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, ResourceExt};
+use osbuild_testkit::faults::{desired, ours};
+
+pub type Labels = BTreeMap<String, String>;
+
+/// A hand edit of a node's labels is in flight or landed at this resourceVersion; until the controller
+/// has put a correct set back after it, any label set on the node is the hand's doing.
+const TAMPER_IN_FLIGHT: u64 = u64::MAX;
+
+#[derive(Default)]
+struct NodeTrack {
+    /// Distinct desired label sets in the order seen (the node's kernelVersion states).
+    states: Vec<Labels>,
+    ours: Labels,
+    /// When the latest state was first seen, until our labels matched it.
+    pending_since: Option<Instant>,
+    tamper: Option<u64>,
+    tamper_since: Option<Instant>,
+}
+
+/// One version of the Lease as the checker saw it.
+#[derive(Debug, Clone)]
+pub struct LeaseRecord {
+    pub holder: String,
+    pub acquired: Timestamp,
+    pub renewed: Timestamp,
+    pub transitions: i32,
+}
+
+/// A mismatch episode of one pod as the checker saw it: from the status showing the failure to the status
+/// showing the container running (`None`: still failing).
+#[derive(Debug, Clone)]
+pub struct Episode {
+    pub pod: String,
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+}
+
+/// Our OSVersionMismatch Event about a pod: when first and last published, and how often.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub pod_uid: String,
+    pub first: Timestamp,
+    pub last: Timestamp,
+    pub count: i32,
+    pub reporter: String,
+}
+
+#[derive(Default)]
+pub struct State {
+    nodes: HashMap<String, NodeTrack>,
+    relist: Option<HashSet<String>>,
+    pub violations: Vec<String>,
+    pub observations: usize,
+    pub label_changes: usize,
+    /// (seconds into the soak, seconds until our labels matched a new kernelVersion state).
+    pub latencies: Vec<(f64, f64)>,
+    pub tamper_repairs: Vec<f64>,
+    pub lease: Vec<LeaseRecord>,
+    pub episodes: HashMap<String, Vec<Episode>>,
+    pub events: HashMap<String, Published>,
+    started: Option<Instant>,
+}
+
+#[derive(Clone)]
+pub struct Checker {
+    state: Arc<Mutex<State>>,
+}
+
+/// Whether a container status shows the failure the soak's pods are made to show.
+fn failing(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                let waiting = c.state.as_ref().and_then(|s| s.waiting.as_ref());
+                waiting.is_some()
+            })
+        })
+}
+
+fn running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .is_some_and(|cs| {
+            cs.iter()
+                .all(|c| c.state.as_ref().is_some_and(|s| s.running.is_some()))
+        })
+}
+
+impl Checker {
+    pub fn start(client: &Client, selector: &str, namespace: &str, lease: &str) -> Self {
+        let state = Arc::new(Mutex::new(State {
+            started: Some(Instant::now()),
+            ..State::default()
+        }));
+        let checker = Self { state };
+        let nodes: Api<Node> = Api::all(client.clone());
+        let c = checker.clone();
+        let config = watcher::Config::default().labels(selector);
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(nodes, config).default_backoff());
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Init) => c.lock().relist = Some(HashSet::new()),
+                    Ok(watcher::Event::InitApply(node)) => {
+                        let mut s = c.lock();
+                        if let Some(seen) = s.relist.as_mut() {
+                            seen.insert(node.name_any());
+                        }
+                        s.observe_node(&node);
+                    }
+                    Ok(watcher::Event::Apply(node)) => c.lock().observe_node(&node),
+                    Ok(watcher::Event::Delete(node)) => {
+                        c.lock().nodes.remove(&node.name_any());
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        let mut s = c.lock();
+                        if let Some(seen) = s.relist.take() {
+                            s.nodes.retain(|name, _| seen.contains(name));
+                        }
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+        let c = checker.clone();
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(pods, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
+                    c.lock().observe_pod(&pod);
+                }
+            }
+        });
+        let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+        let c = checker.clone();
+        let config = watcher::Config::default().fields(&format!("metadata.name={lease}"));
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(leases, config).default_backoff());
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(lease) | watcher::Event::InitApply(lease)) = event {
+                    c.lock().observe_lease(&lease);
+                }
+            }
+        });
+        let published: Api<Event> = Api::namespaced(client.clone(), namespace);
+        let c = checker.clone();
+        tokio::spawn(async move {
+            let mut events = pin!(watcher(published, watcher::Config::default()).default_backoff());
+            while let Some(event) = events.next().await {
+                if let Ok(watcher::Event::Apply(e) | watcher::Event::InitApply(e)) = event {
+                    c.lock().observe_event(&e);
+                }
+            }
+        });
+        checker
+    }
+
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+
+    /// The harness is about to edit our labels on `node` by hand.
+    pub fn tamper_begin(&self, node: &str) {
+        let mut s = self.lock();
+        let track = s.nodes.entry(node.to_owned()).or_default();
+        track.tamper = Some(TAMPER_IN_FLIGHT);
+        track.tamper_since = Some(Instant::now());
+    }
+
+    /// The hand edit landed at `rv` (`None`: unknown whether it landed; the node stays excused until the end).
+    pub fn tamper_done(&self, node: &str, rv: Option<u64>) {
+        if let Some(track) = self.lock().nodes.get_mut(node) {
+            track.tamper = Some(rv.unwrap_or(TAMPER_IN_FLIGHT));
+        }
+    }
+
+    /// Nodes whose labels are not the complete set for their current state (nodes not reported yet, and
+    /// those whose hand edit's fate is unknown and still wrong, are included: convergence covers them all).
+    pub fn unconverged(&self) -> Vec<String> {
+        let s = self.lock();
+        let mut left: Vec<String> = s
+            .nodes
+            .iter()
+            .filter(|(_, t)| t.states.last().is_some_and(|d| *d != t.ours))
+            .map(|(n, _)| n.clone())
+            .collect();
+        left.sort();
+        left
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.lock().nodes.len()
+    }
+
+    /// The current holder of the Lease as last seen (empty: none).
+    pub fn holder(&self) -> String {
+        self.lock()
+            .lease
+            .last()
+            .map(|l| l.holder.clone())
+            .unwrap_or_default()
+    }
+}
+
+fn rv(node: &Node) -> u64 {
+    node.resource_version()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn kernel(node: &Node) -> String {
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| i.kernel_version.clone())
+        .unwrap_or_default()
+}
+
+impl State {
+    fn since_start(&self) -> f64 {
+        self.started.map_or(0.0, |s| s.elapsed().as_secs_f64())
+    }
+
+    fn observe_node(&mut self, node: &Node) {
+        self.observations += 1;
+        let now = Instant::now();
+        let at = self.since_start();
+        let name = node.name_any();
+        let rv = rv(node);
+        let mut violation = None;
+        let mut latency = None;
+        let mut repaired = None;
+        let mut changed = false;
+        {
+            let track = self.nodes.entry(name.clone()).or_default();
+            if let Some(d) = desired(node)
+                && track.states.last() != Some(&d)
+            {
+                track.states.push(d);
+                track.pending_since = Some(now);
+            }
+            let ours = ours(node);
+            if ours != track.ours {
+                changed = true;
+                let n = track.states.len();
+                let current = track.states.last();
+                let previous = n.checked_sub(2).and_then(|i| track.states.get(i));
+                let acceptable = current == Some(&ours) || previous == Some(&ours);
+                let excused = track.tamper.is_some();
+                if !acceptable && !excused && current.is_some() {
+                    violation = Some(format!(
+                        "node {name} (rv {rv}, kernelVersion {:?}): our labels became {ours:?}; current state wants {current:?}, previous {previous:?}",
+                        kernel(node)
+                    ));
+                }
+                track.ours = ours;
+            }
+            if let Some(t) = track.tamper
+                && t != TAMPER_IN_FLIGHT
+                && rv > t
+                && track.states.last() == Some(&track.ours)
+            {
+                track.tamper = None;
+                repaired = track.tamper_since.take().map(|s| s.elapsed().as_secs_f64());
+            }
+            if track.states.last() == Some(&track.ours)
+                && let Some(since) = track.pending_since.take()
+            {
+                latency = Some(since.elapsed().as_secs_f64());
+            }
+        }
+        if changed {
+            self.label_changes += 1;
+        }
+        if let Some(v) = violation {
+            self.violations
+                .push(format!("[{at:.1}s] wrong labels: {v}"));
+        }
+        if let Some(l) = latency {
+            self.latencies.push((at, l));
+        }
+        if let Some(r) = repaired {
+            self.tamper_repairs.push(r);
+        }
+    }
+
+    fn observe_pod(&mut self, pod: &Pod) {
+        let (Some(uid), name) = (pod.uid(), pod.name_any()) else {
+            return;
+        };
+        let now = Timestamp::now();
+        let episodes = self.episodes.entry(uid).or_default();
+        let open = episodes.last().is_some_and(|e| e.end.is_none());
+        if failing(pod) && !open {
+            episodes.push(Episode {
+                pod: name,
+                start: now,
+                end: None,
+            });
+        } else if open
+            && running(pod)
+            && let Some(last) = episodes.last_mut()
+        {
+            last.end = Some(now);
+        }
+    }
+
+    fn observe_lease(&mut self, lease: &Lease) {
+        let Some(spec) = lease.spec.as_ref() else {
+            return;
+        };
+        let (Some(acquired), Some(renewed)) =
+            (spec.acquire_time.as_ref(), spec.renew_time.as_ref())
+        else {
+            return;
+        };
+        self.lease.push(LeaseRecord {
+            holder: spec.holder_identity.clone().unwrap_or_default(),
+            acquired: acquired.0,
+            renewed: renewed.0,
+            transitions: spec.lease_transitions.unwrap_or(0),
+        });
+    }
+
+    fn observe_event(&mut self, event: &Event) {
+        if event.reason.as_deref() != Some("OSVersionMismatch") {
+            return;
+        }
+        let (Some(uid), Some(pod_uid)) = (
+            event.metadata.uid.clone(),
+            event.regarding.as_ref().and_then(|r| r.uid.clone()),
+        ) else {
+            return;
+        };
+        let first = event
+            .event_time
+            .as_ref()
+            .map(|t| t.0)
+            .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .unwrap_or_else(Timestamp::now);
+        let (count, last) = event
+            .series
+            .as_ref()
+            .map_or((1, first), |s| (s.count.max(1), s.last_observed_time.0));
+        self.events.insert(
+            uid,
+            Published {
+                pod_uid,
+                first,
+                last,
+                count,
+                reporter: event.reporting_instance.clone().unwrap_or_default(),
+            },
+        );
+    }
+}
+
+/// Which replica an identity in the Lease or on an Event belongs to: "soak-a-2" → "a".
+pub fn replica_of(identity: &str) -> Option<&str> {
+    identity
+        .strip_prefix("soak-")
+        .and_then(|rest| rest.split('-').next())
+}
+
+/// Each replica's terms as leader from the Lease history: (replica, acquired, last renewal seen).
+pub fn terms(lease: &[LeaseRecord]) -> Vec<(String, Timestamp, Timestamp)> {
+    let mut terms: Vec<(String, Timestamp, Timestamp)> = Vec::new();
+    for record in lease {
+        if record.holder.is_empty() {
+            continue;
+        }
+        let Some(replica) = replica_of(&record.holder) else {
+            continue;
+        };
+        match terms
+            .iter_mut()
+            .find(|(r, a, _)| r == replica && *a == record.acquired)
+        {
+            Some(term) => term.2 = term.2.max(record.renewed),
+            None => terms.push((replica.to_owned(), record.acquired, record.renewed)),
+        }
+    }
+    terms
+}
+
+/// Every mismatch episode has exactly one Event: returns the violations and the number of episodes judged.
+/// An Event belongs to the latest episode of its pod that started before it (a second of slack: the
+/// checker and the controller see the same status change at about the same time).
+pub fn judge_events(state: &State) -> (Vec<String>, usize) {
+    let slack = Duration::from_secs(1);
+    let mut per_episode: HashMap<(String, usize), i32> = HashMap::new();
+    let mut violations = Vec::new();
+    let episode_at = |pod_uid: &str, t: Timestamp| -> Option<usize> {
+        let episodes = state.episodes.get(pod_uid)?;
+        episodes.iter().rposition(|e| {
+            e.start.as_millisecond() <= t.as_millisecond() + slack.as_millis() as i64
+        })
+    };
+    for (uid, published) in &state.events {
+        let mut assign = |t: Timestamp, n: i32| match episode_at(&published.pod_uid, t) {
+            Some(i) => {
+                *per_episode
+                    .entry((published.pod_uid.clone(), i))
+                    .or_default() += n
+            }
+            None => violations.push(format!(
+                "Event {uid} (by {}) about pod {} at {t} matches no episode the checker saw",
+                published.reporter, published.pod_uid
+            )),
+        };
+        assign(published.first, 1);
+        if published.count > 1 {
+            assign(published.last, published.count - 1);
+        }
+    }
+    let mut judged = 0;
+    for (pod_uid, episodes) in &state.episodes {
+        for (i, e) in episodes.iter().enumerate() {
+            judged += 1;
+            let n = per_episode.get(&(pod_uid.clone(), i)).copied().unwrap_or(0);
+            if n != 1 {
+                violations.push(format!(
+                    "pod {} episode {i} ({} .. {}): {n} OSVersionMismatch Events, expected exactly 1",
+                    e.pod,
+                    e.start,
+                    e.end.map_or("still failing".into(), |t| t.to_string())
+                ));
+            }
+        }
+    }
+    (violations, judged)
+}

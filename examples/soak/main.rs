@@ -1,0 +1,685 @@
+//! The chaos soak (issue 16, docs/reliability.md): three replicas with `--leader-elect` under background
+//! churn and a fault every 20-40 s, judged by witnesses the controller does not control: an independent
+//! checker with its own watches, the API server's audit log, and the processes themselves. Run it with
+//! `scripts/soak` (CI mode, 3 minutes) or `scripts/soak --long` (20 minutes); `--seed N` replays a run's
+//! schedule. It fails (exit 1) on any violated invariant, printing the seed and the checker's report.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
+
+mod audit;
+mod checker;
+mod faults;
+mod replicas;
+mod workload;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use kube::Api;
+use kube::api::PostParams;
+use osbuild_testkit::faults::Proxy;
+use osbuild_testkit::{ControlPlane, repo_root, token_kubeconfig};
+use rand::SeedableRng;
+use rand_xorshift::XorShiftRng;
+use serde_json::{Value, json};
+
+use checker::Checker;
+use replicas::{Flags, NAMES, Replica};
+use workload::{ChurnStats, Sizes, Workload};
+
+#[derive(Debug, Parser)]
+#[command(
+    about = "Chaos soak of osbuild-controller: three replicas, random faults, independent witnesses"
+)]
+struct Args {
+    /// 20 minutes, 1,000 nodes and 10,000 pods, faults every 20-40 s (default: the CI mode, 3 minutes).
+    #[arg(long)]
+    long: bool,
+    /// The seed of the fault schedule and the churn (default: from the clock; printed either way).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Soak duration in seconds (overrides the mode's).
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Write the report (markdown) here.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Draw the replicas' RSS over time (PNG) here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+}
+
+const LEASE_DURATION: Duration = Duration::from_secs(8);
+const CONVERGENCE_LIMIT: Duration = Duration::from_secs(30);
+
+fn audit_policy() -> &'static str {
+    // Metadata for every request of a ServiceAccount (only the replicas run as one), nothing else.
+    "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n  - level: Metadata\n    userGroups: [\"system:serviceaccounts\"]\n  - level: None\n"
+}
+
+/// The controller's RBAC exactly as manifests/base has it, bound to the three ServiceAccounts.
+async fn grant_manifests(client: &kube::Client, prefix: &str, namespace: &str) {
+    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
+    let mut cluster_role: Value =
+        serde_norway::from_str(&read("manifests/base/clusterrole.yaml")).unwrap();
+    cluster_role["metadata"] = json!({"name": format!("{prefix}-controller")});
+    let mut role: Value = serde_norway::from_str(&read("manifests/base/role.yaml")).unwrap();
+    role["metadata"] =
+        json!({"name": "osbuild-controller-leader-election", "namespace": namespace});
+    let subjects: Vec<Value> = NAMES
+        .iter()
+        .map(|n| json!({"kind": "ServiceAccount", "name": format!("soak-{n}"), "namespace": namespace}))
+        .collect();
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &serde_json::from_value(cluster_role).unwrap())
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &serde_json::from_value(json!({
+            "metadata": {"name": format!("{prefix}-controller")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{prefix}-controller")},
+            "subjects": subjects})).unwrap())
+        .await
+        .unwrap();
+    Api::<Role>::namespaced(client.clone(), namespace)
+        .create(&pp, &serde_json::from_value(role).unwrap())
+        .await
+        .unwrap();
+    Api::<RoleBinding>::namespaced(client.clone(), namespace)
+        .create(&pp, &serde_json::from_value(json!({
+            "metadata": {"name": "osbuild-controller-leader-election"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "osbuild-controller-leader-election"},
+            "subjects": subjects})).unwrap())
+        .await
+        .unwrap();
+}
+
+fn granted() -> std::collections::BTreeSet<audit::Access> {
+    let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
+    let mut set = audit::granted(&read("manifests/base/clusterrole.yaml"));
+    set.extend(audit::granted(&read("manifests/base/role.yaml")));
+    set
+}
+
+fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+struct RssSample {
+    at: f64,
+    replica: usize,
+    incarnation: u32,
+    mib: f64,
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let args = Args::parse();
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(1)
+    });
+    let (duration, sizes, gap) = if args.long {
+        (
+            1200,
+            Sizes {
+                windows: 800,
+                linux: 100,
+                ephemeral: 100,
+                pods: 10_000,
+                rate: 8.0,
+            },
+            (20.0, 40.0),
+        )
+    } else {
+        // CI: sized for 2 shared cores; gaps short enough that all seven kinds fit in 3 minutes.
+        (
+            180,
+            Sizes {
+                windows: 100,
+                linux: 20,
+                ephemeral: 30,
+                pods: 500,
+                rate: 4.0,
+            },
+            (20.0, 25.0),
+        )
+    };
+    let duration = args.duration.unwrap_or(duration) as f64;
+    let schedule = faults::schedule(seed, duration, gap);
+    let mode = if args.long { "long" } else { "ci" };
+    eprintln!(
+        "[soak] seed {seed} ({mode} mode, {duration}s); replay: scripts/soak{} --seed {seed}",
+        if args.long { " --long" } else { "" }
+    );
+    for f in &schedule {
+        eprintln!("[soak]   at {:>5.1}s: {}", f.at, f.kind.name());
+    }
+
+    // ---------------------------------------------------------------- control plane with audit logging
+    let work = repo_root().join(format!("target/soak/{seed}"));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).unwrap();
+    let policy = work.join("audit-policy.yaml");
+    std::fs::write(&policy, audit_policy()).unwrap();
+    let audit_log = work.join("audit.log");
+    let apiserver_args = format!(
+        "--audit-policy-file={} --audit-log-path={} --audit-log-maxsize=4000 --audit-log-maxbackup=0 \
+         --watch-cache=false --etcd-compaction-interval=1s",
+        policy.display(),
+        audit_log.display()
+    );
+    let cp = ControlPlane::up("soak", &apiserver_args, "").await;
+    let env = cp.env("soak").await;
+    let namespace = env.namespace.clone();
+    eprintln!(
+        "[soak] control plane {} (audit log {}), namespace {namespace}",
+        cp.dir.display(),
+        audit_log.display()
+    );
+
+    // ---------------------------------------------------------------- identities, exactly the manifests' rights
+    grant_manifests(&env.client, &env.prefix, &namespace).await;
+    let mut replicas = Vec::new();
+    let flags = Flags {
+        selector: env.node_selector(),
+        namespace: namespace.clone(),
+        lease_duration: LEASE_DURATION,
+    };
+    for name in NAMES {
+        let sa = format!("soak-{name}");
+        Api::<ServiceAccount>::namespaced(env.client.clone(), &namespace)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap(),
+            )
+            .await
+            .unwrap();
+        let direct = work.join(format!("{sa}.kubeconfig"));
+        token_kubeconfig(&env.client, &cp.kubeconfig, &namespace, &sa, &direct).await;
+        let proxy = Proxy::start(cp.apiserver_addr()).await;
+        let text = std::fs::read_to_string(&direct).unwrap().replace(
+            &format!("https://127.0.0.1:{}", cp.apiserver_port),
+            &format!("https://127.0.0.1:{}", proxy.port),
+        );
+        let via = work.join(format!("{sa}-via-proxy.kubeconfig"));
+        std::fs::write(&via, text).unwrap();
+        replicas.push(Replica::new(name, via, proxy, &work));
+    }
+
+    // ---------------------------------------------------------------- workload, checker, replicas
+    let mut rng = XorShiftRng::seed_from_u64(seed);
+    let mut workload = Workload::new(env.client.clone(), &env.prefix, &namespace);
+    let t = Instant::now();
+    workload.populate(&sizes, &mut rng).await;
+    eprintln!(
+        "[soak] created {} nodes and {} pods in {:.0?}",
+        sizes.windows + sizes.linux + sizes.ephemeral,
+        sizes.pods,
+        t.elapsed()
+    );
+    let checker = Checker::start(
+        &env.client,
+        &env.node_selector(),
+        &namespace,
+        "osbuild-controller",
+    );
+    for r in &mut replicas {
+        r.spawn(&flags);
+    }
+    let replicas = Arc::new(Mutex::new(replicas));
+    let t = Instant::now();
+    let mut violations: Vec<String> = Vec::new();
+    loop {
+        if checker.node_count() > 0 && checker.unconverged().is_empty() {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(180) {
+            violations.push(format!(
+                "initial convergence: not converged after 180 s: {:?}",
+                checker.unconverged()
+            ));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let initial_convergence = t.elapsed();
+    eprintln!("[soak] initial convergence in {initial_convergence:.1?}");
+
+    // ---------------------------------------------------------------- health sampler
+    let stop = Arc::new(AtomicBool::new(false));
+    let health_violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let rss: Arc<Mutex<Vec<RssSample>>> = Arc::default();
+    let soak_start = Instant::now();
+    let sampler = {
+        let (replicas, stop, health_violations, rss) = (
+            replicas.clone(),
+            stop.clone(),
+            health_violations.clone(),
+            rss.clone(),
+        );
+        tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                {
+                    let mut replicas = replicas.lock().unwrap();
+                    for (i, r) in replicas.iter_mut().enumerate() {
+                        if let Some(exit) = r.exited() {
+                            health_violations.lock().unwrap().push(exit);
+                        }
+                        if let Some(mib) = r.rss_mib() {
+                            rss.lock().unwrap().push(RssSample {
+                                at: soak_start.elapsed().as_secs_f64(),
+                                replica: i,
+                                incarnation: r.incarnation,
+                                mib,
+                            });
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        })
+    };
+
+    // ---------------------------------------------------------------- churn and faults
+    let stats = Arc::new(ChurnStats::default());
+    let churn = tokio::spawn(workload.churn(
+        seed.wrapping_add(1),
+        sizes.rate,
+        checker.clone(),
+        stats.clone(),
+        stop.clone(),
+    ));
+    let ctx = faults::Context {
+        cp: &cp,
+        client: env.client.clone(),
+        replicas: &replicas,
+        checker: &checker,
+        flags: &flags,
+        namespace: &namespace,
+        lease_duration: LEASE_DURATION,
+        problems: Arc::default(),
+    };
+    let mut injected: Vec<(f64, faults::Kind, String, f64)> = Vec::new();
+    for fault in &schedule {
+        let wait = fault.at - soak_start.elapsed().as_secs_f64();
+        if wait > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+        let started = soak_start.elapsed().as_secs_f64();
+        let what = faults::inject(*fault, &ctx).await;
+        let took = soak_start.elapsed().as_secs_f64() - started;
+        eprintln!(
+            "[soak] {started:>6.1}s {} ({what}), healed after {took:.1}s",
+            fault.kind.name()
+        );
+        injected.push((started, fault.kind, what, took));
+    }
+    let rest = duration - soak_start.elapsed().as_secs_f64();
+    if rest > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(rest)).await;
+    }
+    stop.store(true, Ordering::SeqCst);
+    violations.extend(ctx.problems.lock().unwrap().iter().cloned());
+    let _ = churn.await;
+    let _ = sampler.await;
+    let last_fault_end = Instant::now();
+
+    // ---------------------------------------------------------------- convergence after the last fault
+    let mut final_convergence = None;
+    let mut unconverged = Vec::new();
+    while last_fault_end.elapsed() < CONVERGENCE_LIMIT * 2 {
+        unconverged = checker.unconverged();
+        if unconverged.is_empty() {
+            final_convergence = Some(last_fault_end.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    match final_convergence {
+        Some(t) if t <= CONVERGENCE_LIMIT => {}
+        Some(t) => violations.push(format!(
+            "converged {t:.1?} after the last fault and churn, over {CONVERGENCE_LIMIT:?}"
+        )),
+        None => violations.push(format!(
+            "not converged {:?} after the last fault and churn: {unconverged:?}",
+            CONVERGENCE_LIMIT * 2
+        )),
+    }
+    eprintln!("[soak] converged after the last fault in {final_convergence:.1?}");
+    // Events of the episodes still in progress: give the leader the same bound.
+    let settle = Instant::now();
+    while settle.elapsed() < CONVERGENCE_LIMIT {
+        let (v, _) = checker::judge_events(&checker.lock());
+        if v.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // ---------------------------------------------------------------- process health
+    let mut clean_exits = Vec::new();
+    {
+        let mut replicas = replicas.lock().unwrap();
+        for r in replicas.iter_mut() {
+            if let Some(exit) = r.exited() {
+                health_violations.lock().unwrap().push(exit);
+            }
+            clean_exits.push(r.terminate());
+        }
+    }
+    violations.extend(health_violations.lock().unwrap().iter().cloned());
+    violations.extend(clean_exits.into_iter().flatten());
+
+    // ---------------------------------------------------------------- witnesses
+    let state = checker.lock();
+    violations.extend(state.violations.iter().cloned());
+    let (event_violations, episodes) = checker::judge_events(&state);
+    violations.extend(event_violations);
+    let terms = checker::terms(&state.lease);
+    let requests = audit::read(&audit_log, &namespace);
+    let granted = granted();
+    let renew_deadline = LEASE_DURATION * 2 / 3;
+    let judgement = audit::judge(&requests, &terms, renew_deadline, &granted);
+    violations.extend(judgement.violations.iter().cloned());
+    if requests.is_empty() {
+        violations.push("the audit log holds no request of the replicas".into());
+    }
+    let rss = rss.lock().unwrap();
+    let rss_growth = rss_growth(&rss);
+    if args.long {
+        for (replica, growth) in &rss_growth {
+            if *growth > 0.10 {
+                violations.push(format!(
+                    "replica {} RSS grew {:.0}% over the soak",
+                    NAMES[*replica],
+                    growth * 100.0
+                ));
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- report
+    let mut r = String::new();
+    writeln!(
+        r,
+        "## Soak run: seed {seed}, {mode} mode, {duration:.0} s\n"
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "Replay: `scripts/soak{} --seed {seed}`. {} nodes ({} Windows with pods, {} Linux, {} Windows joining and leaving), {} pods, three replicas (`--leader-elect --lease-duration {}s --force-conflicts`), each its own ServiceAccount with exactly the rights of manifests/base.\n",
+        if args.long { " --long" } else { "" },
+        sizes.windows + sizes.linux + sizes.ephemeral,
+        sizes.windows,
+        sizes.linux,
+        sizes.ephemeral,
+        sizes.pods,
+        LEASE_DURATION.as_secs()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "### Faults injected\n\n| at (s) | fault | what | healed after (s) |\n|---|---|---|---|"
+    )
+    .unwrap();
+    for (at, kind, what, took) in &injected {
+        writeln!(r, "| {at:.0} | {} | {what} | {took:.1} |", kind.name()).unwrap();
+    }
+    let mut by_kind: BTreeMap<faults::Kind, usize> = BTreeMap::new();
+    for (_, kind, _, _) in &injected {
+        *by_kind.entry(*kind).or_default() += 1;
+    }
+    writeln!(
+        r,
+        "\nBy kind: {}.\n",
+        by_kind
+            .iter()
+            .map(|(k, n)| format!("{} × {n}", k.name()))
+            .collect::<Vec<_>>()
+            .join("; ")
+    )
+    .unwrap();
+    let o = Ordering::Relaxed;
+    writeln!(
+        r,
+        "### Background churn\n\n{} actions ({} failed during faults): {} kernelVersion changes, {} nodes joined, {} left, our label deleted by hand {} times and overwritten {} times, {} pod failures started, {} recovered.\n",
+        stats.actions.load(o), stats.errors.load(o), stats.kernel_changes.load(o), stats.joins.load(o), stats.leaves.load(o),
+        stats.label_deletes.load(o), stats.label_overwrites.load(o), stats.pod_failures.load(o), stats.pod_recoveries.load(o)
+    )
+    .unwrap();
+    let latencies: Vec<f64> = state.latencies.iter().map(|(_, l)| *l).collect();
+    let transitions = state.lease.iter().map(|l| l.transitions).max().unwrap_or(0)
+        - state.lease.iter().map(|l| l.transitions).min().unwrap_or(0);
+    writeln!(r, "### Witnesses\n").unwrap();
+    writeln!(r, "| what | measured |\n|---|---|").unwrap();
+    writeln!(
+        r,
+        "| node observations by the checker | {} ({} changes of our labels) |",
+        state.observations, state.label_changes
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| wrong label sets (not the current or previous kernelVersion's) | {} |",
+        state.violations.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| initial convergence | {:.1} s |",
+        initial_convergence.as_secs_f64()
+    )
+    .unwrap();
+    writeln!(r, "| labels matching a new kernelVersion, p50 / p99 / max | {:.2} / {:.2} / {:.2} s ({} changes) |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0), latencies.len()).unwrap();
+    writeln!(
+        r,
+        "| hand edits repaired, p50 / max | {:.2} / {:.2} s ({}) |",
+        percentile(&state.tamper_repairs, 0.5),
+        percentile(&state.tamper_repairs, 1.0),
+        state.tamper_repairs.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| convergence after the last fault (limit 30 s) | {} |",
+        final_convergence.map_or("not converged".into(), |t| format!(
+            "{:.1} s",
+            t.as_secs_f64()
+        ))
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| mismatch episodes / OSVersionMismatch Events | {episodes} / {} |",
+        state.events.values().map(|e| e.count).sum::<i32>()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| leader terms / Lease transitions | {} / {transitions} |",
+        terms.len()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| replicas' requests in the audit log | {} |",
+        judgement.requests
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| leader writes by replica (nodes, pods, events) | {} |",
+        judgement
+            .writes_by_replica
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| writes outside the writer's terms (+ renew deadline {renew_deadline:?}) | {} |",
+        judgement
+            .violations
+            .iter()
+            .filter(|v| v.contains("outside"))
+            .count()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| granted by manifests/ but never used | {} |",
+        if judgement.unused.is_empty() {
+            "none".into()
+        } else {
+            format!("{:?}", judgement.unused)
+        }
+    )
+    .unwrap();
+    for (replica, growth) in &rss_growth {
+        writeln!(
+            r,
+            "| RSS of replica {} (longest-lived process): growth over its life | {:+.1}% |",
+            NAMES[*replica],
+            growth * 100.0
+        )
+        .unwrap();
+    }
+    writeln!(r, "\n### Access per replica (audit log)\n").unwrap();
+    for (replica, used) in &judgement.used_by_replica {
+        let list: Vec<String> = used
+            .iter()
+            .map(|(g, res, v)| {
+                format!(
+                    "{v} {}{res}",
+                    if g.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{g}/")
+                    }
+                )
+            })
+            .collect();
+        writeln!(r, "- {replica}: {}", list.join(", ")).unwrap();
+    }
+    writeln!(r, "\n### Verdict\n").unwrap();
+    if violations.is_empty() {
+        writeln!(r, "No invariant violated.").unwrap();
+    } else {
+        writeln!(r, "{} violations:\n", violations.len()).unwrap();
+        for v in violations.iter().take(50) {
+            writeln!(r, "- {v}").unwrap();
+        }
+    }
+    println!("{r}");
+    if let Some(path) = &args.report {
+        std::fs::write(path, &r).unwrap();
+    }
+    if let Some(path) = &args.plot {
+        plot(path, &rss);
+    }
+    drop(state);
+    if !violations.is_empty() {
+        eprintln!(
+            "[soak] FAILED: {} violated invariants; seed {seed} (replay: scripts/soak{} --seed {seed}); logs and audit log in {}",
+            violations.len(),
+            if args.long { " --long" } else { "" },
+            work.display()
+        );
+        std::process::exit(1);
+    }
+    eprintln!("[soak] passed; seed {seed}");
+    let _ = std::fs::remove_dir_all(&work);
+}
+
+/// Per replica, the growth of its longest-lived process's RSS: the mean of its last fifth over the mean of
+/// the fifth after its first (warm-up) fifth.
+fn rss_growth(samples: &[RssSample]) -> Vec<(usize, f64)> {
+    let mut out = Vec::new();
+    for replica in 0..NAMES.len() {
+        let mut by_incarnation: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
+        for s in samples.iter().filter(|s| s.replica == replica) {
+            by_incarnation.entry(s.incarnation).or_default().push(s.mib);
+        }
+        let Some(longest) = by_incarnation.values().max_by_key(|v| v.len()) else {
+            continue;
+        };
+        let n = longest.len();
+        if n < 10 {
+            continue;
+        }
+        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
+        let early = mean(&longest[n / 5..2 * n / 5]);
+        let late = mean(&longest[4 * n / 5..]);
+        out.push((replica, late / early - 1.0));
+    }
+    out
+}
+
+/// RSS (MiB) of each replica over the soak's seconds, one colour per replica (a, b, c: red, blue, green),
+/// a gap where a process was killed and restarted. No text: plotters' text needs system fonts.
+fn plot(path: &std::path::Path, samples: &[RssSample]) {
+    use plotters::prelude::*;
+    let x_max = samples.iter().map(|s| s.at).fold(1.0, f64::max);
+    let y_max = samples.iter().map(|s| s.mib).fold(1.0, f64::max) * 1.15;
+    let root = BitMapBackend::new(path, (800, 300)).into_drawing_area();
+    root.fill(&WHITE).unwrap();
+    let mut chart = ChartBuilder::on(&root)
+        .margin(12)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max)
+        .unwrap();
+    // Grid: a line every 10 MiB, and one every 60 s.
+    let mut y = 0.0;
+    while y <= y_max {
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, y), (x_max, y)],
+                &RGBColor(225, 225, 225),
+            ))
+            .unwrap();
+        y += 10.0;
+    }
+    let mut x = 0.0;
+    while x <= x_max {
+        chart
+            .draw_series(LineSeries::new(
+                [(x, 0.0), (x, y_max)],
+                &RGBColor(235, 235, 235),
+            ))
+            .unwrap();
+        x += 60.0;
+    }
+    let colours = [RED, BLUE, GREEN];
+    for (replica, colour) in colours.iter().enumerate() {
+        let mut incarnations: BTreeMap<u32, Vec<(f64, f64)>> = BTreeMap::new();
+        for s in samples.iter().filter(|s| s.replica == replica) {
+            incarnations
+                .entry(s.incarnation)
+                .or_default()
+                .push((s.at, s.mib));
+        }
+        for points in incarnations.into_values() {
+            chart
+                .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .unwrap();
+        }
+    }
+    root.present().unwrap();
+}
