@@ -136,6 +136,16 @@ async fn upgrade(env: &TestEnv, nodes: &[String]) {
     }
 }
 
+/// `upgrade`, every node at once: a burst of watch events, so the controller's applies run concurrently
+/// (one at a time, as `upgrade` sends them, they can all fit through a single seat on a fast server).
+async fn upgrade_at_once(env: &TestEnv, nodes: &[String]) {
+    futures::future::join_all(nodes.iter().enumerate().map(|(i, node)| async move {
+        env.set_kernel_version(node, &format!("10.0.20348.{}", 2700 + i))
+            .await;
+    }))
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_apiserver_restart_mid_run() {
     let cp = ControlPlane::up("fault-apiserver", "", "").await;
@@ -380,7 +390,7 @@ async fn throttled_429_converges() {
     };
     let rejected_before = rejected(env.client.clone()).await;
 
-    upgrade(&env, &nodes).await;
+    upgrade_at_once(&env, &nodes).await;
     wait_converged(&env, "while throttled").await;
     let rejected_during = rejected(env.client.clone()).await - rejected_before;
     eprintln!(
