@@ -7,7 +7,7 @@
 
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
 
-use super::detect::spec_image;
+use super::detect::{container_statuses, spec_image};
 use crate::core::mismatch::{classify, is_ambiguous_platform_error};
 use crate::core::platform::ImagePlatforms;
 use crate::core::runs_on::{Isolation, Verdict, host_verdict};
@@ -31,14 +31,7 @@ pub fn pull_is_ambiguous(cs: &ContainerStatus) -> bool {
 
 /// The containers (and init containers) of the pod whose pull fails with the ambiguous message.
 pub fn ambiguous_pulls(pod: &Pod) -> Vec<AmbiguousPull> {
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
+    container_statuses(pod)
         .filter(|cs| pull_is_ambiguous(cs))
         .map(|cs| AmbiguousPull {
             container: cs.name.clone(),

@@ -36,15 +36,7 @@ pub fn active_failures(pod: &Pod) -> Vec<Failure> {
 /// "no match for platform in manifest": the driver read their images and found Windows entries none of
 /// which the node runs ([`super::ambiguous`]).
 pub fn active_failures_confirmed(pod: &Pod, confirmed: &[String]) -> Vec<Failure> {
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    let statuses = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten());
-    statuses
+    container_statuses(pod)
         .filter_map(|cs| {
             let variant = failure_of(cs).or_else(|| {
                 (confirmed.contains(&cs.name) && super::ambiguous::pull_is_ambiguous(cs))
@@ -90,14 +82,7 @@ const PULL_WAITING_REASONS: [&str; 2] = ["ErrImagePull", "ImagePullBackOff"];
 /// Containers still waiting for their image (pulling failed and is retried): a pull-time episode of
 /// theirs is not over, whatever the current message says.
 pub fn pulls_failing(pod: &Pod) -> Vec<String> {
-    let Some(status) = pod.status.as_ref() else {
-        return Vec::new();
-    };
-    status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
+    container_statuses(pod)
         .filter(|cs| {
             let reason = cs
                 .state
@@ -130,16 +115,23 @@ pub fn main_image(pod: &Pod) -> String {
         .unwrap_or_default()
 }
 
+/// Every container status of the pod, init containers first.
+pub fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
+    pod.status.iter().flat_map(|status| {
+        status
+            .init_container_statuses
+            .iter()
+            .flatten()
+            .chain(status.container_statuses.iter().flatten())
+    })
+}
+
 /// Whether the pod's sandbox is up: some container runs, or the pod has finished.
 pub fn sandbox_recovered(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
         return false;
     };
-    let running = status
-        .init_container_statuses
-        .iter()
-        .flatten()
-        .chain(status.container_statuses.iter().flatten())
+    let running = container_statuses(pod)
         .any(|cs| cs.state.as_ref().and_then(|s| s.running.as_ref()).is_some());
     running
         || matches!(
