@@ -834,6 +834,96 @@ mod dashboard {
             }
         }
     }
+
+    /// A count over the range of `counter` as the dashboard writes it (docs/dashboard.md): a series that did
+    /// not exist a range ago counts from 0, an older one by its increase.
+    fn count_over_range(counter: &str) -> String {
+        let series = format!("{counter}{{job=~\"$job\"}}");
+        format!("(increase({series}[$__range]) and {series} offset $__range) or {series}")
+    }
+
+    /// Every count of a counter over the range uses that form (histogram buckets, which exist from the start,
+    /// excepted): a plain `increase()` misses the first event of each new series.
+    #[test]
+    fn counts_over_the_range_count_new_series_from_zero() {
+        let mut counted = 0;
+        for panel in panels() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("increase(") {
+                    let counter: String = expr[i + "increase(".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if counter.ends_with("_bucket") {
+                        continue;
+                    }
+                    assert!(
+                        expr.contains(&count_over_range(&counter)),
+                        "panel {}: {expr}",
+                        panel["title"]
+                    );
+                    counted += 1;
+                }
+            }
+        }
+        assert!(counted >= 7, "{counted}");
+    }
+
+    /// That form, evaluated by Prometheus' own engine (promtool's unit tests, at a chosen time): an old series
+    /// counts as plain `increase()` does, and a series born within the range with its first event counts 1
+    /// where `increase()` says 0.
+    #[test]
+    fn a_count_over_the_range_includes_a_new_series_first_event() {
+        let promtool = super::built_by("scripts/prometheus-bin", &["promtool"]);
+        let counter = "osbuild_placements_total";
+        let dashboard = promql(&format!("sum by (outcome) ({})", count_over_range(counter)));
+        let plain = promql(&format!(
+            "sum by (outcome) (increase({counter}{{job=~\"$job\"}}[$__range]))"
+        ));
+        let series = |outcome: &str| {
+            format!(
+                r#"{counter}{{job="osbuild-controller",instance="a:8080",outcome="{outcome}"}}"#
+            )
+        };
+        let test = serde_json::json!({
+            "rule_files": [],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [
+                    // Placed pods since long before the range (10m at 20m), two more within it.
+                    {"series": series("placed"), "values": "3+0x14 4 5 5 5 5 5"},
+                    // The first Linux image at 16m: the series appears with it.
+                    {"series": series("not-windows"), "values": "_x15 1 1 1 1 1"},
+                ],
+                "promql_expr_test": [{
+                    "expr": format!("({dashboard}) - on(outcome) ({plain})"),
+                    "eval_time": "20m",
+                    "exp_samples": [
+                        {"labels": "{outcome=\"placed\"}", "value": 0},
+                        {"labels": "{outcome=\"not-windows\"}", "value": 1},
+                    ],
+                }],
+            }],
+        });
+        let dir = std::env::temp_dir().join(format!("osbuild-promtool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dashboard-counts.yaml");
+        std::fs::write(&file, test.to_string()).unwrap();
+        let out = std::process::Command::new(promtool)
+            .args(["test", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 // ---------------------------------------------------------------- part 3: the dashboard's ConfigMaps
