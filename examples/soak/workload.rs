@@ -89,14 +89,34 @@ impl Messages {
                 )
             }
         };
-        json!({"phase": "Pending", "containerStatuses": [{"name": "app", "image": IMAGE, "imageID": "",
+        json!({"phase": "Pending", "conditions": readiness(false),
+            "containerStatuses": [{"name": "app", "image": IMAGE, "imageID": "",
             "ready": false, "restartCount": restarts, "state": state, "lastState": last}]})
     }
 }
 
 fn running_status(restarts: i32) -> Value {
-    json!({"phase": "Running", "containerStatuses": [{"name": "app", "image": IMAGE, "imageID": "",
+    json!({"phase": "Running", "conditions": readiness(true),
+        "containerStatuses": [{"name": "app", "image": IMAGE, "imageID": "",
         "ready": true, "restartCount": restarts, "state": {"running": {"startedAt": "2026-11-23T01:00:00Z"}}}]})
+}
+
+/// The conditions a kubelet writes when the containers become (not) ready, changed now: each status the
+/// churn writes is a transition. Their `lastTransitionTime` is in whole seconds, as the API serves it.
+fn readiness(ready: bool) -> Value {
+    use k8s_openapi::jiff::Timestamp;
+    let now = Timestamp::from_second(Timestamp::now().as_second())
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+        .to_string();
+    let (status, reason) = if ready {
+        ("True", Value::Null)
+    } else {
+        ("False", json!("ContainersNotReady"))
+    };
+    json!([
+        {"type": "ContainersReady", "status": status, "reason": reason, "lastTransitionTime": now},
+        {"type": "Ready", "status": status, "reason": reason, "lastTransitionTime": now}
+    ])
 }
 
 pub struct Sizes {

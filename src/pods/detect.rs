@@ -176,6 +176,22 @@ pub fn container_statuses(pod: &Pod) -> impl Iterator<Item = &ContainerStatus> {
     })
 }
 
+/// When the pod's containers last stopped being ready, as the kubelet recorded it: the `ContainersReady`
+/// condition's `lastTransitionTime` while that condition is `False`. A mismatch episode begins there (the
+/// container never ran since), so it orders Events against episodes the same way for every replica,
+/// including one that starts or re-lists in the middle of an episode. `None` when the status does not say.
+pub fn not_ready_since(pod: &Pod) -> Option<Timestamp> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ContainersReady" && c.status == "False")?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
+}
+
 /// Whether the pod's sandbox is up: some container runs, or the pod has finished.
 pub fn sandbox_recovered(pod: &Pod) -> bool {
     let Some(status) = pod.status.as_ref() else {
@@ -188,6 +204,24 @@ pub fn sandbox_recovered(pod: &Pod) -> bool {
             status.phase.as_deref(),
             Some("Running" | "Succeeded" | "Failed")
         )
+}
+
+/// The latest time an Event says it was observed: a repeated Event (the recorder's series) moves it on.
+pub fn event_last_seen(event: &CoreEvent) -> Option<Timestamp> {
+    [
+        event.event_time.as_ref().map(|t| t.0),
+        event
+            .series
+            .as_ref()
+            .and_then(|s| s.last_observed_time.as_ref())
+            .map(|t| t.0),
+        event.last_timestamp.as_ref().map(|t| t.0),
+        event.first_timestamp.as_ref().map(|t| t.0),
+        event.metadata.creation_timestamp.as_ref().map(|t| t.0),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
 }
 
 /// The pod a sandbox Event is about, when it carries the mismatch.

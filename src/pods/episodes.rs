@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::ResourceExt;
 
 use crate::core::labels::LabelKeys;
@@ -18,8 +19,8 @@ use crate::node_info::NodeFacts;
 use crate::core::mismatch::Variant;
 
 use super::detect::{
-    Failure, SANDBOX, SandboxFailure, active_failures_confirmed, main_image, pulls_failing,
-    sandbox_recovered,
+    Failure, SANDBOX, SandboxFailure, active_failures_confirmed, main_image, not_ready_since,
+    pulls_failing, sandbox_recovered,
 };
 use super::remedy::{annotation_value, finding_message};
 
@@ -94,10 +95,34 @@ pub struct Episodes {
     /// Flagged pod uids seen during a re-list (only those); the others were deleted while the watch was down.
     relist_seen: Option<HashSet<String>>,
     /// Episodes in progress whose Event is not known to be published (no leader when they began, or the
-    /// write failed), with the Event's message: the leader publishes them ([`Self::unreported`]).
-    unreported: BTreeMap<(String, String), String>,
-    /// Pods with an Event of ours seen before this replica flagged them (the watches are not ordered).
-    published_early: HashSet<String>,
+    /// write failed): the leader publishes them ([`Self::unreported`]).
+    unreported: BTreeMap<(String, String), Unreported>,
+    /// Pods with an Event of ours seen before this replica flagged them (the watches are not ordered),
+    /// with the Event's latest time.
+    published_early: HashMap<String, Option<Timestamp>>,
+}
+
+#[derive(Debug)]
+struct Unreported {
+    message: String,
+    /// When the episode began, as the pod's status says ([`not_ready_since`]); `None`: not known.
+    since: Option<Timestamp>,
+}
+
+/// How much earlier than the episode's start an Event of ours may be and still be the episode's: the
+/// Event's time comes from the leader's clock, the start from the kubelet's (truncated to the second).
+const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(1);
+
+/// Whether an Event of ours at `event` (its latest time) reports an episode that began at `since`. An
+/// Event from before the episode began belongs to an earlier episode of the same pod (a restarted
+/// replica's first list, or a re-list after 410, shows those too). Without either time it counts: the
+/// Event is then most likely the current episode's, and reporting it again on every leader change would
+/// duplicate it.
+fn reports(event: Option<Timestamp>, since: Option<Timestamp>) -> bool {
+    match (event, since) {
+        (Some(event), Some(since)) => event >= since - CLOCK_SKEW,
+        _ => true,
+    }
 }
 
 impl Episodes {
@@ -107,18 +132,21 @@ impl Episodes {
             flagged: HashMap::new(),
             relist_seen: None,
             unreported: BTreeMap::new(),
-            published_early: HashSet::new(),
+            published_early: HashMap::new(),
         }
     }
 
-    /// An Event of ours about this pod was published (by any replica): the pod's episodes in progress are
-    /// reported. Followers learn this from the Events watch, so a new leader does not report them again.
-    /// Pod granularity: the leader publishes every container's Event as it flags them, together.
-    pub fn published(&mut self, uid: &str) {
+    /// An Event of ours about this pod was published (by any replica), last at `at`: the pod's episodes in
+    /// progress that began before it are reported. Followers learn this from the Events watch, so a new
+    /// leader does not report them again. Pod granularity: the leader publishes every container's Event as
+    /// it flags them, together.
+    pub fn published(&mut self, uid: &str, at: Option<Timestamp>) {
         if self.flagged.contains_key(uid) {
-            self.unreported.retain(|(u, _), _| u != uid);
+            self.unreported
+                .retain(|(u, _), entry| u != uid || !reports(at, entry.since));
         } else {
-            self.published_early.insert(uid.to_owned());
+            let latest = self.published_early.entry(uid.to_owned()).or_insert(at);
+            *latest = (*latest).max(at);
         }
     }
 
@@ -133,9 +161,9 @@ impl Episodes {
     pub fn unreported(&self) -> Vec<(Flag, String)> {
         self.unreported
             .iter()
-            .filter_map(|((uid, container), message)| {
+            .filter_map(|((uid, container), entry)| {
                 let flag = self.flagged.get(uid)?.get(container)?;
-                Some((flag.clone(), message.clone()))
+                Some((flag.clone(), entry.message.clone()))
             })
             .collect()
     }
@@ -163,7 +191,7 @@ impl Episodes {
             .filter(|uid| !seen.contains(*uid))
             .cloned()
             .collect();
-        self.published_early.retain(|uid| seen.contains(uid));
+        self.published_early.retain(|uid, _| seen.contains(uid));
         gone.iter().flat_map(|uid| self.clear_pod(uid)).collect()
     }
 
@@ -232,9 +260,10 @@ impl Episodes {
             .iter()
             .filter_map(|container| self.clear(&pod_ref.uid, container))
             .collect();
-        if let Some((node, facts)) = windows_node {
+        if let Some(at) = windows_node {
+            let since = not_ready_since(pod);
             for failure in failures {
-                effects.extend(self.flag(&pod_ref, failure, node, facts));
+                effects.extend(self.flag(&pod_ref, failure, at, since));
             }
         }
         if !effects.is_empty() {
@@ -291,7 +320,7 @@ impl Episodes {
             since: found.since,
         };
         let mut effects: Vec<Effect> = self
-            .flag(&pod_ref, failure, node, facts)
+            .flag(&pod_ref, failure, (node, facts), not_ready_since(pod))
             .into_iter()
             .collect();
         if !effects.is_empty() {
@@ -305,8 +334,8 @@ impl Episodes {
         &mut self,
         pod: &PodRef,
         failure: Failure,
-        node: &str,
-        facts: &NodeFacts,
+        (node, facts): (&str, &NodeFacts),
+        since: Option<Timestamp>,
     ) -> Option<Effect> {
         let flags = self.flagged.entry(pod.uid.clone()).or_default();
         if flags.contains_key(&failure.container) {
@@ -322,10 +351,14 @@ impl Episodes {
             since: failure.since,
         };
         let message = finding_message(&failure, node, facts, &self.keys);
-        if !self.published_early.contains(&pod.uid) {
+        let seen_early = self.published_early.get(&pod.uid);
+        if !seen_early.is_some_and(|at| reports(*at, since)) {
             self.unreported.insert(
                 (pod.uid.clone(), failure.container.clone()),
-                message.clone(),
+                Unreported {
+                    message: message.clone(),
+                    since,
+                },
             );
         }
         flags.insert(failure.container, flag.clone());
@@ -376,7 +409,7 @@ mod tests {
     use k8s_openapi::api::core::v1::Event as CoreEvent;
     use serde_json::json;
 
-    use super::super::detect::sandbox_failure;
+    use super::super::detect::{event_last_seen, sandbox_failure};
 
     // The seed's `kubectl describe` (Docker era) and containerd's message (DOMAIN.md §4).
     const DOCKER: &str = "container 5b41 encountered an error during CreateContainer: failure in a Windows system call: The operating system of the container does not match the operating system of the host. (0xc0370101)";
@@ -527,12 +560,12 @@ mod tests {
         // The leader's Event after this replica flagged the pod.
         let mut e = episodes();
         e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
-        e.published("u1");
+        e.published("u1", None);
         assert!(unreported(&e).is_empty());
         // The leader's Event before this replica saw the failure (the two watches are not ordered).
         let mut e = episodes();
         e.pod_observed(&pod("u2", json!({})), Some(&ws2019()));
-        e.published("u2");
+        e.published("u2", None);
         e.pod_observed(&crash_looping("u2"), Some(&ws2019()));
         assert!(unreported(&e).is_empty());
     }
@@ -540,7 +573,7 @@ mod tests {
     #[test]
     fn an_event_of_a_finished_episode_does_not_report_the_next() {
         let mut e = episodes();
-        e.published("u1"); // an old Event, e.g. seen in the first list after a restart
+        e.published("u1", None); // an old Event, e.g. seen in the first list after a restart
         e.pod_observed(&running("u1"), Some(&ws2019()));
         e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
         assert_eq!(unreported(&e), ["u1 app"]);
@@ -555,6 +588,85 @@ mod tests {
             unreported(&e).is_empty(),
             "a deleted pod has nothing to report"
         );
+    }
+
+    fn at(text: &str) -> Timestamp {
+        text.parse().unwrap()
+    }
+
+    /// A crash-looping pod whose containers stopped being ready at `since` (the kubelet's condition).
+    fn failing_since(uid: &str, since: &str) -> Pod {
+        let mut pod = crash_looping(uid);
+        pod.status.as_mut().unwrap().conditions = Some(vec![
+            serde_json::from_value(json!({"type": "ContainersReady", "status": "False",
+                "reason": "ContainersNotReady", "lastTransitionTime": since}))
+            .unwrap(),
+        ]);
+        pod
+    }
+
+    // Found by the chaos soak (pod-437): a replica started (or re-listing after 410) in a pod's second
+    // episode sees the first episode's Event in its first list of Events, and took it for the second's,
+    // so no replica ever published the second episode's Event. The Event's time orders it.
+    #[test]
+    fn an_event_from_before_the_episode_began_reports_an_earlier_episode_in_either_order() {
+        // Positive control: the episode's own Event (after it began) reports it.
+        let mut e = episodes();
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:00:00Z"),
+            Some(&ws2019()),
+        );
+        e.published("u1", Some(at("2026-11-30T10:00:00.300Z")));
+        assert!(unreported(&e).is_empty());
+        // The first episode's Event, seen after this replica flagged the second episode.
+        let mut e = episodes();
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:05:00Z"),
+            Some(&ws2019()),
+        );
+        e.published("u1", Some(at("2026-11-30T10:00:00.300Z")));
+        assert_eq!(unreported(&e), ["u1 app"]);
+        // ... and seen before (the two watches are not ordered).
+        let mut e = episodes();
+        e.published("u1", Some(at("2026-11-30T10:00:00.300Z")));
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:05:00Z"),
+            Some(&ws2019()),
+        );
+        assert_eq!(unreported(&e), ["u1 app"]);
+        // A later Event of the same pod (the second episode's) then reports it.
+        e.published("u1", Some(at("2026-11-30T10:05:00.200Z")));
+        assert!(unreported(&e).is_empty());
+    }
+
+    #[test]
+    fn an_event_within_the_clock_skew_of_the_start_reports_the_episode() {
+        // The kubelet's clock may run a little ahead of the leader's, and its times are whole seconds.
+        let mut e = episodes();
+        e.published("u1", Some(at("2026-11-30T10:04:59.500Z")));
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:05:00Z"),
+            Some(&ws2019()),
+        );
+        assert!(unreported(&e).is_empty());
+    }
+
+    #[test]
+    fn status_conditions_and_event_times_are_read_as_the_api_server_serves_them() {
+        let pod = failing_since("u1", "2026-11-30T10:05:00Z");
+        assert_eq!(not_ready_since(&pod), Some(at("2026-11-30T10:05:00Z")));
+        let mut ready = pod.clone();
+        ready.status.as_mut().unwrap().conditions.as_mut().unwrap()[0].status = "True".into();
+        assert_eq!(not_ready_since(&ready), None, "ready: no episode start");
+        // A core/v1 view of an events.k8s.io Event repeated by the recorder (series): the latest time wins.
+        let event: CoreEvent = serde_json::from_value(json!({
+            "metadata": {"name": "e", "namespace": "shop", "creationTimestamp": "2026-11-30T10:00:00Z"},
+            "involvedObject": {"kind": "Pod", "name": "pod-u1", "uid": "u1"},
+            "eventTime": "2026-11-30T10:00:00.100000Z",
+            "series": {"count": 2, "lastObservedTime": "2026-11-30T10:05:01.000000Z"}
+        }))
+        .unwrap();
+        assert_eq!(event_last_seen(&event), Some(at("2026-11-30T10:05:01Z")));
     }
 
     #[test]

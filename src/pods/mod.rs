@@ -213,7 +213,7 @@ async fn detect(
                     && e.reporting_component.as_deref() == Some(FIELD_MANAGER)
                     && let Some(uid) = e.involved_object.uid.as_deref()
                 {
-                    episodes.published(uid);
+                    episodes.published(uid, detect::event_last_seen(&e));
                 }
                 Vec::new()
             }
