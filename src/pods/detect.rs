@@ -27,7 +27,7 @@ pub struct Failure {
     pub variant: Variant,
     /// When the failure became visible ([`visible_since`], or the sandbox Event's time); `None` when the
     /// status carries no time for it.
-    pub since: Option<Timestamp>,
+    pub visible_since: Option<Timestamp>,
 }
 
 /// Every container of the pod whose current failure is the mismatch. A container that runs again has
@@ -52,7 +52,7 @@ pub fn active_failures_confirmed(pod: &Pod, confirmed: &[String]) -> Vec<Failure
             container: cs.name.clone(),
             image: spec_image(pod, &cs.name).unwrap_or_else(|| cs.image.clone()),
             variant,
-            since: visible_since(pod, cs),
+            visible_since: visible_since(pod, cs),
         })
         .collect()
 }
@@ -82,18 +82,7 @@ pub fn visible_since(pod: &Pod, cs: &ContainerStatus) -> Option<Timestamp> {
                 .is_some_and(|m| classify(m).os_mismatch)
         })
         .and_then(|t| t.finished_at.as_ref());
-    if let Some(finished) = finished {
-        return Some(finished.0);
-    }
-    pod.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "ContainersReady" && c.status == "False")?
-        .last_transition_time
-        .as_ref()
-        .map(|t| t.0)
+    finished.map(|t| t.0).or_else(|| not_ready_since(pod))
 }
 
 /// Seconds from `since` to `now`: the detection latency. 0 when `since` is later, as it can be: the clocks
@@ -231,8 +220,8 @@ pub struct SandboxFailure {
     pub pod: String,
     pub uid: Option<String>,
     pub variant: Variant,
-    /// When the kubelet recorded this occurrence ([`event_time`]).
-    pub since: Option<Timestamp>,
+    /// When the kubelet recorded this occurrence ([`event_last_seen`]): where the detection latency starts.
+    pub visible_since: Option<Timestamp>,
 }
 
 pub fn sandbox_failure(event: &CoreEvent) -> Option<SandboxFailure> {
@@ -249,28 +238,9 @@ pub fn sandbox_failure(event: &CoreEvent) -> Option<SandboxFailure> {
         pod: object.name.clone()?,
         uid: object.uid.clone(),
         variant,
-        since: event_time(event),
+        // The latest occurrence: a repeated Event keeps its first one's time, maybe an earlier episode's.
+        visible_since: event_last_seen(event),
     })
-}
-
-/// When this occurrence of an Event was recorded: the latest of `series.lastObservedTime`, `lastTimestamp`
-/// and `eventTime` (the kubelet's legacy recorder sets `lastTimestamp`, the events.k8s.io one `eventTime`
-/// and `series`), else `firstTimestamp`. Not `firstTimestamp` when a later time exists: a repeated Event
-/// keeps the time of its first occurrence there, which may belong to an earlier episode.
-pub fn event_time(event: &CoreEvent) -> Option<Timestamp> {
-    let latest = [
-        event
-            .series
-            .as_ref()
-            .and_then(|s| s.last_observed_time.as_ref())
-            .map(|t| t.0),
-        event.last_timestamp.as_ref().map(|t| t.0),
-        event.event_time.as_ref().map(|t| t.0),
-    ]
-    .into_iter()
-    .flatten()
-    .max();
-    latest.or_else(|| event.first_timestamp.as_ref().map(|t| t.0))
 }
 
 #[cfg(test)]
@@ -374,7 +344,7 @@ mod tests {
             }]
         }));
         let failures = active_failures(&p);
-        assert_eq!(failures[0].since, Some(at("2026-11-23T00:10:03Z")));
+        assert_eq!(failures[0].visible_since, Some(at("2026-11-23T00:10:03Z")));
         // The same failure while the container is still terminated (before the back-off).
         let p = pod(json!({"containerStatuses": [{
             "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
@@ -382,7 +352,7 @@ mod tests {
                                      "finishedAt": "2026-11-23T00:20:01Z"}}
         }]}));
         assert_eq!(
-            active_failures(&p)[0].since,
+            active_failures(&p)[0].visible_since,
             Some(at("2026-11-23T00:20:01Z"))
         );
     }
@@ -408,13 +378,13 @@ mod tests {
         ]));
         let failures = active_failures(&p);
         assert_eq!(failures[0].variant, Variant::PullNoMatchingManifest);
-        assert_eq!(failures[0].since, Some(at("2026-11-23T00:30:00Z")));
+        assert_eq!(failures[0].visible_since, Some(at("2026-11-23T00:30:00Z")));
         // Containers still ready (a stale condition) or no condition at all: no start time, not timed.
         let stale = status(
             json!([{"type": "ContainersReady", "status": "True", "lastTransitionTime": "2026-11-23T00:30:00Z"}]),
         );
-        assert_eq!(active_failures(&stale)[0].since, None);
-        assert_eq!(active_failures(&status(json!([])))[0].since, None);
+        assert_eq!(active_failures(&stale)[0].visible_since, None);
+        assert_eq!(active_failures(&status(json!([])))[0].visible_since, None);
     }
 
     #[test]
@@ -444,16 +414,19 @@ mod tests {
             json!({"count": 4, "firstTimestamp": "2026-11-23T00:00:00Z", "lastTimestamp": "2026-11-23T00:05:00Z"}),
         );
         assert_eq!(
-            sandbox_failure(&legacy).unwrap().since,
+            sandbox_failure(&legacy).unwrap().visible_since,
             Some(at("2026-11-23T00:05:00Z"))
         );
         // events.k8s.io: eventTime, then the series.
         let series = event(json!({"eventTime": "2026-11-23T00:00:00.000000Z",
             "series": {"count": 2, "lastObservedTime": "2026-11-23T00:07:00.000000Z"}}));
-        assert_eq!(event_time(&series), Some(at("2026-11-23T00:07:00Z")));
+        assert_eq!(event_last_seen(&series), Some(at("2026-11-23T00:07:00Z")));
         let first_only = event(json!({"firstTimestamp": "2026-11-23T00:01:00Z"}));
-        assert_eq!(event_time(&first_only), Some(at("2026-11-23T00:01:00Z")));
-        assert_eq!(event_time(&event(json!({}))), None);
+        assert_eq!(
+            event_last_seen(&first_only),
+            Some(at("2026-11-23T00:01:00Z"))
+        );
+        assert_eq!(event_last_seen(&event(json!({}))), None);
     }
 
     #[test]

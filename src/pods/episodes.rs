@@ -52,7 +52,7 @@ pub struct Flag {
     pub osbuild: String,
     pub finding: serde_json::Value,
     /// When the failure became visible: where the detection latency starts ([`super::detect::Failure`]).
-    pub since: Option<k8s_openapi::jiff::Timestamp>,
+    pub visible_since: Option<Timestamp>,
 }
 
 impl Flag {
@@ -317,7 +317,7 @@ impl Episodes {
             container: SANDBOX.to_owned(),
             image: main_image(pod),
             variant: found.variant,
-            since: found.since,
+            visible_since: found.visible_since,
         };
         let mut effects: Vec<Effect> = self
             .flag(&pod_ref, failure, (node, facts), not_ready_since(pod))
@@ -348,7 +348,7 @@ impl Episodes {
             node: node.to_owned(),
             osbuild: facts.osbuild.clone().unwrap_or_default(),
             finding: annotation_value(&failure, node, facts),
-            since: failure.since,
+            visible_since: failure.visible_since,
         };
         let message = finding_message(&failure, node, facts, &self.keys);
         let seen_early = self.published_early.get(&pod.uid);

@@ -440,7 +440,7 @@ async fn flagged(shared: &Shared, flag: &Flag, message: String, live: bool) -> b
         .pod_os_mismatch_detections
         .with_label_values(&flag.detection_labels())
         .inc();
-    if live && let Some(since) = flag.since {
+    if live && let Some(since) = flag.visible_since {
         metrics
             .pod_os_mismatch_detection_latency
             .observe(detect::detection_latency(since, Timestamp::now()));

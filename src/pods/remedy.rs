@@ -125,7 +125,7 @@ mod tests {
             container: "app".into(),
             image: image.into(),
             variant: Variant::Containerd,
-            since: None,
+            visible_since: None,
         }
     }
 
