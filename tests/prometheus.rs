@@ -1121,6 +1121,9 @@ async fn placement_panels_and_pods_gated_too_long() {
     .await;
     let placed = env.pods().get("early").await.unwrap();
     assert!(!gated(&placed), "released by the writing replica");
+    // The leader's counters must be scraped before the next pods are placed: a series whose first sample
+    // already holds every placement has no rate (seen on a loaded machine: the latency panel stayed empty).
+    wait_scraped(&prometheus, &leader.metrics_addr).await;
 
     // One pod per outcome; "again" reads the ltsc2022 image from the cache.
     let pods = [
