@@ -96,6 +96,8 @@ pub struct PlacementTrack {
     released: Option<(Instant, Result<(), String>)>,
     /// Gone (deleted by the churn), and whether it still had our gate then.
     deleted: Option<bool>,
+    /// Released with a selection of no node (no build runs every image of it).
+    nowhere: bool,
 }
 
 impl PlacementTrack {
@@ -118,6 +120,8 @@ pub struct PlacementSummary {
     pub violations: Vec<String>,
     pub gated: usize,
     pub placed: usize,
+    /// Placed off every node: no Windows build runs all their images.
+    pub nowhere: usize,
     pub deleted_while_gated: usize,
     pub still_gated: usize,
     /// Seconds from the gate seen (or the create returned) to the pod seen without it.
@@ -418,6 +422,7 @@ impl State {
                 ),
                 None => Err("runs an image that is not one of the soak's".into()),
             };
+            track.nowhere = placement::selections(pod).contains(&placement::Selection::Nowhere);
             track.released = Some((now, judgement));
         }
     }
@@ -592,6 +597,7 @@ pub fn judge_placement(state: &State) -> PlacementSummary {
         match (&track.released, track.deleted) {
             (Some((at, judgement)), _) => {
                 summary.placed += 1;
+                summary.nowhere += usize::from(track.nowhere);
                 if let Some(since) = track.gated_since() {
                     summary
                         .gate_to_placed

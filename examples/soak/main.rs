@@ -616,8 +616,8 @@ async fn main() {
     .unwrap();
     writeln!(
         r,
-        "| pods gated / placed (selection judged) / deleted before placed / still gated | {} / {} / {} / {} |",
-        placed.gated, placed.placed, placed.deleted_while_gated, placed.still_gated
+        "| pods gated / placed (selection judged; of them off every node, no build runs all their images) / deleted before placed / still gated | {} / {} ({}) / {} / {} |",
+        placed.gated, placed.placed, placed.nowhere, placed.deleted_while_gated, placed.still_gated
     )
     .unwrap();
     writeln!(

@@ -16,9 +16,12 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{DeleteParams, PostParams};
 use kube::{Api, Client, ResourceExt};
-use osbuild_controller::core::platform::{ImageKind, ImagePlatforms, Platform, VersionSource};
+use osbuild_controller::core::catalog::RELEASES;
+use osbuild_controller::core::platform::{
+    ImageKind, ImagePlatforms, Platform, VersionSource, parse_os_version,
+};
 use osbuild_controller::core::runs_on::{Isolation, Verdict, host_verdict};
-use osbuild_controller::core::version::parse_build_revision;
+use osbuild_controller::core::version::{WindowsVersion, parse_build_revision};
 use osbuild_testkit::{RUN_LABEL, Registries, kubectl_on, repo_root};
 use rand::seq::IndexedRandom;
 use rand::{RngExt, SeedableRng};
@@ -158,11 +161,44 @@ pub fn isolation_of(runtime_class: Option<&str>) -> Isolation {
         .map_or(Isolation::Process, |(.., isolation)| *isolation)
 }
 
+/// What one required nodeSelectorTerm says about the osbuild label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Selection {
+    /// `osbuild In [values]`.
+    In(Vec<String>),
+    /// `osbuild Exists` and `osbuild DoesNotExist`: no node at all.
+    Nowhere,
+    /// Nothing about the osbuild label.
+    Missing,
+}
+
+/// Whether some Windows host runs every image: the catalog's builds and the images' own versions as hosts.
+fn some_host_runs_all(images: &[&TestImage], isolation: Isolation) -> Option<String> {
+    let mut hosts: Vec<WindowsVersion> = RELEASES
+        .iter()
+        .map(|r| WindowsVersion::new(r.build, None))
+        .collect();
+    hosts.extend(
+        images
+            .iter()
+            .flat_map(|i| i.versions)
+            .filter_map(|v| parse_os_version(v)),
+    );
+    hosts
+        .into_iter()
+        .find(|host| {
+            images
+                .iter()
+                .all(|i| host_verdict(&i.platforms(), *host, isolation) == Verdict::Runs)
+        })
+        .map(|h| h.to_string())
+}
+
 /// Whether a released pod's node selection lets it run only where every image of it runs: returns what is
-/// wrong, if anything. `selections` are the `osbuild In` values of each required nodeSelectorTerm (`None`:
-/// a term without our expression). Pure: the checker's judgement, from the fixtures' platforms alone.
+/// wrong, if anything. `selections`: what each required nodeSelectorTerm says about the osbuild label.
+/// Pure: the checker's judgement, from the fixtures' platforms alone.
 pub fn judge_selection(
-    selections: &[Option<Vec<String>>],
+    selections: &[Selection],
     images: &[&TestImage],
     isolation: Isolation,
 ) -> Result<(), String> {
@@ -170,10 +206,22 @@ pub fn judge_selection(
         return Err("released without any node affinity".into());
     }
     for (i, selection) in selections.iter().enumerate() {
-        let Some(values) = selection else {
-            return Err(format!(
-                "required term {i} has no `{OSBUILD} In` expression"
-            ));
+        let values = match selection {
+            Selection::In(values) => values,
+            Selection::Missing => {
+                return Err(format!(
+                    "required term {i} has no `{OSBUILD} In` expression"
+                ));
+            }
+            // Right only when no host at all runs every image.
+            Selection::Nowhere => match some_host_runs_all(images, isolation) {
+                Some(host) => {
+                    return Err(format!(
+                        "required term {i} selects no node, but a {host} host runs every image"
+                    ));
+                }
+                None => continue,
+            },
         };
         if values.is_empty() {
             return Err(format!("required term {i} selects no osbuild value"));
@@ -196,8 +244,8 @@ pub fn judge_selection(
     Ok(())
 }
 
-/// The `osbuild In` values of each required nodeSelectorTerm of the pod.
-pub fn selections(pod: &Pod) -> Vec<Option<Vec<String>>> {
+/// What each required nodeSelectorTerm of the pod says about the osbuild label.
+pub fn selections(pod: &Pod) -> Vec<Selection> {
     let terms = pod
         .spec
         .as_ref()
@@ -212,11 +260,21 @@ pub fn selections(pod: &Pod) -> Vec<Option<Vec<String>>> {
     terms
         .iter()
         .map(|t| {
-            t.match_expressions
+            let ours: Vec<_> = t
+                .match_expressions
                 .iter()
                 .flatten()
-                .find(|e| e.key == OSBUILD && e.operator == "In")
-                .map(|e| e.values.clone().unwrap_or_default())
+                .filter(|e| e.key == OSBUILD)
+                .collect();
+            if let Some(e) = ours.iter().find(|e| e.operator == "In") {
+                Selection::In(e.values.clone().unwrap_or_default())
+            } else if ours.iter().any(|e| e.operator == "Exists")
+                && ours.iter().any(|e| e.operator == "DoesNotExist")
+            {
+                Selection::Nowhere
+            } else {
+                Selection::Missing
+            }
         })
         .collect()
 }
@@ -445,8 +503,10 @@ mod tests {
         IMAGES.iter().find(|i| i.path == path).unwrap()
     }
 
-    fn sel(values: &[&str]) -> Vec<Option<Vec<String>>> {
-        vec![Some(values.iter().map(|v| (*v).to_owned()).collect())]
+    fn sel(values: &[&str]) -> Vec<Selection> {
+        vec![Selection::In(
+            values.iter().map(|v| (*v).to_owned()).collect(),
+        )]
     }
 
     // The hosts docs/placement.md gives for each shape: an ltsc2022 index runs on 20348..26100, not 17763
@@ -485,9 +545,20 @@ mod tests {
         let ltsc2022 = image("windows/ltsc2022");
         assert!(judge_selection(&[], &[ltsc2022], Isolation::Process).is_err());
         let mut two = sel(&["20348"]);
-        two.push(None);
+        two.push(Selection::Missing);
         assert!(judge_selection(&two, &[ltsc2022], Isolation::Process).is_err());
         assert!(judge_selection(&sel(&[]), &[ltsc2022], Isolation::Process).is_err());
+    }
+
+    // No node at all is right only for images that no build runs together.
+    #[test]
+    fn nowhere_only_when_no_host_runs_every_image() {
+        let apart = [image("windows/ltsc2019"), image("windows/ltsc2022")];
+        assert!(judge_selection(&[Selection::Nowhere], &apart, Isolation::Process).is_ok());
+        // With Hyper-V, a 20348 host runs both.
+        assert!(judge_selection(&[Selection::Nowhere], &apart, Isolation::HyperV).is_err());
+        let together = [image("windows/multi"), image("windows/ltsc2022")];
+        assert!(judge_selection(&[Selection::Nowhere], &together, Isolation::Process).is_err());
     }
 
     #[test]
