@@ -28,6 +28,9 @@ pub struct Metrics {
     pub watch_up: IntGaugeVec,
     pub pod_os_mismatch: IntGaugeVec,
     pub pod_os_mismatch_detections: IntCounterVec,
+    /// From when a failure became visible in the pod's status (or its sandbox Event) to the controller
+    /// flagging it; see `pods::detect::visible_since`.
+    pub pod_os_mismatch_detection_latency: Histogram,
     /// Gated pods released by the placement loop, by outcome.
     pub placements: IntCounterVec,
     /// Image reads the placement loop asked for (cache hits included), by outcome: `ok` or the error category.
@@ -84,14 +87,25 @@ impl Metrics {
                     "pod_os_mismatch",
                     "1 while a pod's container (or sandbox) fails with the Windows OS-version mismatch; the series goes away on recovery.",
                 ),
-                &["namespace", "pod", "container", "node", "osbuild"],
+                &["namespace", "pod", "container", "node", "osbuild", "variant"],
             )?,
             pod_os_mismatch_detections: IntCounterVec::new(
                 opts(
                     "pod_os_mismatch_detections_total",
-                    "OS-version mismatch failure episodes detected, by namespace.",
+                    "OS-version mismatch failure episodes detected, by namespace and variant (the wording of the failure).",
                 ),
-                &["namespace"],
+                &["namespace", "variant"],
+            )?,
+            pod_os_mismatch_detection_latency: Histogram::with_opts(
+                HistogramOpts::new(
+                    "pod_os_mismatch_detection_latency_seconds",
+                    "Time from when a failure became visible (the failed container's finishedAt, else the ContainersReady condition's lastTransitionTime, or the sandbox Event's time) to the controller flagging it. Episodes found in a (re-)list are not timed.",
+                )
+                .namespace(NAMESPACE)
+                // Whole seconds: the API server keeps the start times to the second.
+                .buckets(vec![
+                    1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                ]),
             )?,
             placements: IntCounterVec::new(
                 opts(
@@ -138,6 +152,7 @@ impl Metrics {
         r.register(Box::new(metrics.watch_up.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch.clone()))?;
         r.register(Box::new(metrics.pod_os_mismatch_detections.clone()))?;
+        r.register(Box::new(metrics.pod_os_mismatch_detection_latency.clone()))?;
         r.register(Box::new(metrics.placements.clone()))?;
         r.register(Box::new(metrics.image_resolutions.clone()))?;
         r.register(Box::new(metrics.gate_to_placed.clone()))?;
@@ -217,5 +232,35 @@ impl ComputedGauge {
             }
         }
         fresh.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mismatch metrics carry the variant; the detection latency is a histogram of whole-second buckets.
+    #[test]
+    fn mismatch_metrics_carry_the_variant_and_the_latency_buckets() {
+        let metrics = Metrics::new().unwrap();
+        metrics
+            .pod_os_mismatch
+            .with_label_values(&["shop", "web", "app", "win-1", "17763", "containerd"])
+            .set(1);
+        metrics
+            .pod_os_mismatch_detections
+            .with_label_values(&["shop", "containerd"])
+            .inc();
+        metrics.pod_os_mismatch_detection_latency.observe(3.0);
+        let text = metrics.encode().unwrap();
+        for line in [
+            r#"osbuild_pod_os_mismatch{container="app",namespace="shop",node="win-1",osbuild="17763",pod="web",variant="containerd"} 1"#,
+            r#"osbuild_pod_os_mismatch_detections_total{namespace="shop",variant="containerd"} 1"#,
+            r#"osbuild_pod_os_mismatch_detection_latency_seconds_bucket{le="2"} 0"#,
+            r#"osbuild_pod_os_mismatch_detection_latency_seconds_bucket{le="5"} 1"#,
+            "osbuild_pod_os_mismatch_detection_latency_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
     }
 }

@@ -22,8 +22,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use support::{
-    Controller, RUN_LABEL, TestEnv, built_by, ensure_monitoring_crds, eventually, free_port,
-    http_get, kubectl_with_stdin, registries,
+    Controller, PLACEMENT_GATE, RUN_LABEL, TestEnv, built_by, client_from, ensure_monitoring_crds,
+    eventually, free_port, http_get, kubectl_with_stdin, placement_kubeconfig, registries,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -311,22 +311,39 @@ impl Drop for Prometheus {
     }
 }
 
-/// The real mismatch message of hcsshim's 0xc0370101 (its source URL is in tests/data/error_messages.json).
-fn real_mismatch_message() -> String {
+/// A real message of this variant of the mismatch (its source URL is in tests/data/error_messages.json).
+fn real_message(variant: &str) -> String {
     let cases: Vec<Value> = serde_json::from_str(include_str!("data/error_messages.json")).unwrap();
     let case = cases
         .into_iter()
-        .find(|c| c["os_mismatch"] == true && c["variant"] == "hcs-0xc0370101")
-        .expect("a real hcs-0xc0370101 message");
+        .find(|c| c["os_mismatch"] == true && c["variant"] == variant)
+        .unwrap_or_else(|| panic!("a real {variant} message"));
     assert!(case["source"].as_str().unwrap().starts_with("https://"));
     case["message"].as_str().unwrap().to_owned()
 }
 
-fn crash_loop(image: &str, message: &str) -> Value {
+/// `seconds_ago` before now, in whole seconds as the API server keeps it (RFC 3339).
+fn time_ago(seconds_ago: i64) -> String {
+    let now = k8s_openapi::jiff::Timestamp::now().as_second();
+    k8s_openapi::jiff::Timestamp::from_second(now - seconds_ago)
+        .unwrap()
+        .to_string()
+}
+
+/// A Docker-era crash loop whose failed start finished `finished` (the detection latency starts there).
+fn crash_loop(image: &str, message: &str, finished: &str) -> Value {
     json!({"containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": false, "restartCount": 3,
         "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
         "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": message,
-                                     "startedAt": "2026-11-23T00:00:00Z", "finishedAt": "2026-11-23T00:00:03Z"}}}]})
+                                     "startedAt": "2026-11-23T00:00:00Z", "finishedAt": finished}}}]})
+}
+
+/// A pull that fails (`ErrImagePull`, no time of its own) since the containers stopped being ready at `since`.
+fn pull_failing(image: &str, message: &str, since: &str) -> Value {
+    json!({"phase": "Pending",
+        "conditions": [{"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady", "lastTransitionTime": since}],
+        "containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"waiting": {"reason": "ErrImagePull", "message": message}}}]})
 }
 
 fn running(image: &str) -> Value {
@@ -367,40 +384,83 @@ async fn mismatch_unlabelled_node_and_absent_controller_fire_and_resolve() {
         .wait_pending_then_firing("OSBuildNodesUnlabelled", &unparseable)
         .await;
 
-    // A pod flagged with the mismatch.
+    // Pods flagged with the mismatch, in two of its variants: a crash loop whose failed start finished 2 s
+    // ago (Docker's 0xc0370101), and a pull refused for the host's build since 3 s ago (no matching manifest).
     let image = "microsoft/windowsservercore:10.0.14393.1944";
-    let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
-        "metadata": {"name": "web"},
-        "spec": {"nodeName": node, "containers": [{"name": "app", "image": image}]}
-    }))
-    .unwrap();
-    env.pods()
-        .create(&PostParams::default(), &pod)
-        .await
+    for name in ["web", "api"] {
+        let pod: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "containers": [{"name": "app", "image": image}]}
+        }))
         .unwrap();
-    env.set_pod_status("web", crash_loop(image, &real_mismatch_message()))
-        .await;
-    let mismatch = [
-        ("namespace", env.namespace.as_str()),
-        ("pod", "web"),
-        ("container", "app"),
-        ("node", node.as_str()),
-    ];
-    prometheus
-        .wait_pending_then_firing("OSBuildPodOSMismatch", &mismatch)
-        .await;
-
-    dashboard::check_and_draw(&prometheus, started, dashboard::MAIN).await;
+        env.pods()
+            .create(&PostParams::default(), &pod)
+            .await
+            .unwrap();
+    }
+    env.set_pod_status(
+        "web",
+        crash_loop(image, &real_message("hcs-0xc0370101"), &time_ago(2)),
+    )
+    .await;
+    env.set_pod_status(
+        "api",
+        pull_failing(
+            image,
+            &real_message("pull-no-matching-manifest"),
+            &time_ago(3),
+        ),
+    )
+    .await;
+    let mismatch = |pod| {
+        [
+            ("namespace", env.namespace.as_str()),
+            ("pod", pod),
+            ("container", "app"),
+            ("node", node.as_str()),
+        ]
+    };
+    let (web, api) = (mismatch("web"), mismatch("api"));
+    tokio::join!(
+        prometheus.wait_pending_then_firing("OSBuildPodOSMismatch", &web),
+        prometheus.wait_pending_then_firing("OSBuildPodOSMismatch", &api),
+    );
+    // Each variant is counted, and both episodes are timed from their status' times: the latency is at
+    // least the 2 s since the crash loop's failed start, within the test's run.
+    let ns = &env.namespace;
+    for variant in ["hcs-0xc0370101", "pull-no-matching-manifest"] {
+        let q = format!(
+            r#"osbuild_pod_os_mismatch_detections_total{{namespace="{ns}",variant="{variant}"}} == 1"#
+        );
+        assert_eq!(prometheus.query(&q).await.len(), 1, "{q}");
+    }
+    for (q, what) in [
+        (
+            "osbuild_pod_os_mismatch_detection_latency_seconds_count == 2",
+            "two episodes timed",
+        ),
+        (
+            r#"osbuild_pod_os_mismatch_detection_latency_seconds_bucket{le="1"} == 0"#,
+            "none under 1 s",
+        ),
+    ] {
+        assert_eq!(prometheus.query(q).await.len(), 1, "{what}: {q}");
+    }
+    dashboard::check(&prometheus, dashboard::MAIN).await;
 
     // Recovery resolves each.
     env.set_pod_status("web", running(image)).await;
-    prometheus
-        .wait_resolved("OSBuildPodOSMismatch", &mismatch)
-        .await;
+    env.set_pod_status("api", running(image)).await;
+    tokio::join!(
+        prometheus.wait_resolved("OSBuildPodOSMismatch", &web),
+        prometheus.wait_resolved("OSBuildPodOSMismatch", &api),
+    );
     env.set_kernel_version(&bad, "10.0.17763.3887").await;
     prometheus
         .wait_resolved("OSBuildNodesUnlabelled", &unparseable)
         .await;
+    // The panels over the whole scenario, recovery (and the fixed node's label write) included.
+    dashboard::draw(&prometheus, started, dashboard::MAIN).await;
 
     // A stopped controller: nothing of the job is up.
     // A stopped controller: its target is down (the replica alert, by instance) and nothing of the job is
@@ -570,27 +630,58 @@ fn unix_now() -> f64 {
 
 /// dashboards/osbuild-controller.json, evaluated against the real Prometheus and drawn.
 mod dashboard {
-    use super::{Prometheus, repo, unix_now};
+    use super::{Prometheus, TIMEOUT, repo, unix_now};
     use plotters::prelude::*;
     use serde_json::Value;
 
-    /// Which end-to-end scenario feeds each panel (by title): the main one (nodes, mismatch, controller) or
-    /// the broken watch (watch errors, and reconcile errors from a controller that may read but not write).
+    /// Which end-to-end scenario feeds each panel (by title): the main one (nodes, mismatches, controller),
+    /// the broken watch (watch errors, and reconcile errors from a controller that may read but not write),
+    /// the in-cluster audit, and placement (on the placement control plane).
     pub const MAIN: &[&str] = &[
         "Windows nodes by build and release",
         "Unlabelled Windows nodes and why",
         "Label writes and conflicts",
-        "Pods failing with the OS-version mismatch, by namespace",
-        "Mismatch episodes detected, by namespace",
+        "Pods failing with the OS-version mismatch, by namespace and variant",
+        "Mismatch episodes detected, by namespace and variant",
+        "Mismatch detection latency",
         "Node reconcile latency",
         "Leader and scrape health",
     ];
     pub const WATCH: &[&str] = &["Reconcile errors by loop and category", "Watch health"];
+    pub const AUDIT: &[&str] = &[
+        "Windows workloads by audit verdict",
+        "Workloads at risk or broken",
+        "In-cluster audits by outcome",
+        "Age of the audit's verdicts",
+    ];
+    pub const PLACEMENT: &[&str] = &[
+        "Gated pods released, by outcome",
+        "Gate-to-placed latency",
+        "Pods gated past the placement deadline",
+        "Image reads by outcome, and the registry cache",
+        "Registry request latency",
+    ];
 
     pub fn panels() -> Vec<Value> {
         let text = std::fs::read_to_string(repo("dashboards/osbuild-controller.json")).unwrap();
         let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
         dashboard["panels"].as_array().unwrap().clone()
+    }
+
+    fn panel(title: &str) -> Value {
+        panels()
+            .into_iter()
+            .find(|p| p["title"] == title)
+            .unwrap_or_else(|| panic!("no panel {title}"))
+    }
+
+    fn queries(panel: &Value) -> Vec<String> {
+        panel["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| promql(t["expr"].as_str().unwrap()))
+            .collect()
     }
 
     /// A Grafana query as Prometheus gets it: the job variable set to our job, Grafana's intervals fixed.
@@ -610,36 +701,59 @@ mod dashboard {
         format!("{}.png", words.join("-"))
     }
 
-    /// Every query of the named panels returns series now; each panel's data since `since` is drawn to
-    /// target/dashboard/<panel>.png, or to docs/dashboard/<panel>.png with `OSBUILD_UPDATE_DOCS=1` (so a
-    /// test run leaves the work tree as it found it).
-    pub async fn check_and_draw(prometheus: &Prometheus, since: f64, titles: &[&str]) {
-        let panels = panels();
+    /// Every query of the named panels returns series now.
+    pub async fn check(prometheus: &Prometheus, titles: &[&str]) {
         for title in titles {
-            let panel = panels
-                .iter()
-                .find(|p| p["title"] == *title)
-                .unwrap_or_else(|| panic!("no panel {title}"));
-            let mut lines = Vec::new();
-            for target in panel["targets"].as_array().unwrap() {
-                let query = promql(target["expr"].as_str().unwrap());
+            for query in queries(&panel(title)) {
                 let series = prometheus.query(&query).await;
                 assert!(
                     !series.is_empty(),
                     "panel {title:?} query {query} returns no series"
                 );
-                for s in prometheus.query_range(&query, since, unix_now()).await {
-                    let points: Vec<(f64, f64)> = s["values"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .filter_map(|v| {
-                            Some((v[0].as_f64()? - since, v[1].as_str()?.parse().ok()?))
-                        })
-                        .filter(|(_, y): &(f64, f64)| y.is_finite())
-                        .collect();
-                    lines.push(points);
-                }
+            }
+        }
+    }
+
+    /// Each query's series since `since`, as (seconds since `since`, value) points, NaN left out (a quantile
+    /// of no observations).
+    async fn lines(prometheus: &Prometheus, query: &str, since: f64) -> Vec<Vec<(f64, f64)>> {
+        prometheus
+            .query_range(query, since, unix_now())
+            .await
+            .iter()
+            .map(|s| {
+                s["values"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|v| Some((v[0].as_f64()? - since, v[1].as_str()?.parse().ok()?)))
+                    .filter(|(_, y): &(f64, f64)| y.is_finite())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|points| !points.is_empty())
+            .collect()
+    }
+
+    /// Each named panel's data since `since`, drawn to target/dashboard/<panel>.png, or to
+    /// docs/dashboard/<panel>.png with `OSBUILD_UPDATE_DOCS=1` (so a test run leaves the work tree as it found
+    /// it). Every query must have had a value (not only NaN) in that time: a picture with no line is a defect.
+    pub async fn draw(prometheus: &Prometheus, since: f64, titles: &[&str]) {
+        // A few seconds of the final state (after the recovery) in every picture.
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        for title in titles {
+            let mut all = Vec::new();
+            for query in queries(&panel(title)) {
+                // A rate needs two scrapes after the change it shows: give the last one a moment.
+                let found = super::eventually(
+                    &format!("panel {title:?} query {query} has a value since the scenario began"),
+                    TIMEOUT,
+                    || async {
+                        let lines = lines(prometheus, &query, since).await;
+                        (!lines.is_empty()).then_some(lines)
+                    },
+                )
+                .await;
+                all.extend(found);
             }
             let dir = if std::env::var_os("OSBUILD_UPDATE_DOCS").is_some() {
                 repo("docs/dashboard")
@@ -647,16 +761,23 @@ mod dashboard {
                 repo("target/dashboard")
             };
             std::fs::create_dir_all(&dir).expect("the PNG directory");
-            draw(&dir.join(file_name(title)), &lines);
+            draw_lines(&dir.join(file_name(title)), &all, unix_now() - since);
         }
+    }
+
+    pub async fn check_and_draw(prometheus: &Prometheus, since: f64, titles: &[&str]) {
+        check(prometheus, titles).await;
+        draw(prometheus, since, titles).await;
     }
 
     /// The series as lines, one colour each, on a white background with a frame and four grid lines. No
     /// text: plotters' text needs system fonts; docs/dashboard.md says what each picture shows.
-    fn draw(path: &std::path::Path, lines: &[Vec<(f64, f64)>]) {
+    /// x runs from the scenario's start to `x_max` (seconds), the end of the queried range, so a series
+    /// that ended before it (a recovered pod) is seen to end.
+    fn draw_lines(path: &std::path::Path, lines: &[Vec<(f64, f64)>], x_max: f64) {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         let all = lines.iter().flatten();
-        let x_max = all.clone().map(|p| p.0).fold(1.0, f64::max);
+        let x_max = all.clone().map(|p| p.0).fold(x_max.max(1.0), f64::max);
         let y_max = all.clone().map(|p| p.1).fold(0.0, f64::max);
         let y_max = if y_max > 0.0 { y_max * 1.15 } else { 1.0 };
         let root = BitMapBackend::new(path, (640, 240)).into_drawing_area();
@@ -697,7 +818,7 @@ mod dashboard {
             .iter()
             .map(|p| p["title"].as_str().unwrap().to_owned())
             .collect();
-        let mut fed: Vec<&str> = MAIN.iter().chain(WATCH).copied().collect();
+        let mut fed: Vec<&str> = [MAIN, WATCH, AUDIT, PLACEMENT].concat();
         fed.sort_unstable();
         let mut all: Vec<&str> = titles.iter().map(String::as_str).collect();
         all.sort_unstable();
@@ -713,6 +834,96 @@ mod dashboard {
             }
         }
     }
+
+    /// A count over the range of `counter` as the dashboard writes it (docs/dashboard.md): a series that did
+    /// not exist a range ago counts from 0, an older one by its increase.
+    fn count_over_range(counter: &str) -> String {
+        let series = format!("{counter}{{job=~\"$job\"}}");
+        format!("(increase({series}[$__range]) and {series} offset $__range) or {series}")
+    }
+
+    /// Every count of a counter over the range uses that form (histogram buckets, which exist from the start,
+    /// excepted): a plain `increase()` misses the first event of each new series.
+    #[test]
+    fn counts_over_the_range_count_new_series_from_zero() {
+        let mut counted = 0;
+        for panel in panels() {
+            for t in panel["targets"].as_array().unwrap() {
+                let expr = t["expr"].as_str().unwrap();
+                for (i, _) in expr.match_indices("increase(") {
+                    let counter: String = expr[i + "increase(".len()..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                        .collect();
+                    if counter.ends_with("_bucket") {
+                        continue;
+                    }
+                    assert!(
+                        expr.contains(&count_over_range(&counter)),
+                        "panel {}: {expr}",
+                        panel["title"]
+                    );
+                    counted += 1;
+                }
+            }
+        }
+        assert!(counted >= 7, "{counted}");
+    }
+
+    /// That form, evaluated by Prometheus' own engine (promtool's unit tests, at a chosen time): an old series
+    /// counts as plain `increase()` does, and a series born within the range with its first event counts 1
+    /// where `increase()` says 0.
+    #[test]
+    fn a_count_over_the_range_includes_a_new_series_first_event() {
+        let promtool = super::built_by("scripts/prometheus-bin", &["promtool"]);
+        let counter = "osbuild_placements_total";
+        let dashboard = promql(&format!("sum by (outcome) ({})", count_over_range(counter)));
+        let plain = promql(&format!(
+            "sum by (outcome) (increase({counter}{{job=~\"$job\"}}[$__range]))"
+        ));
+        let series = |outcome: &str| {
+            format!(
+                r#"{counter}{{job="osbuild-controller",instance="a:8080",outcome="{outcome}"}}"#
+            )
+        };
+        let test = serde_json::json!({
+            "rule_files": [],
+            "evaluation_interval": "1m",
+            "tests": [{
+                "interval": "1m",
+                "input_series": [
+                    // Placed pods since long before the range (10m at 20m), two more within it.
+                    {"series": series("placed"), "values": "3+0x14 4 5 5 5 5 5"},
+                    // The first Linux image at 16m: the series appears with it.
+                    {"series": series("not-windows"), "values": "_x15 1 1 1 1 1"},
+                ],
+                "promql_expr_test": [{
+                    "expr": format!("({dashboard}) - on(outcome) ({plain})"),
+                    "eval_time": "20m",
+                    "exp_samples": [
+                        {"labels": "{outcome=\"placed\"}", "value": 0},
+                        {"labels": "{outcome=\"not-windows\"}", "value": 1},
+                    ],
+                }],
+            }],
+        });
+        let dir = std::env::temp_dir().join(format!("osbuild-promtool-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("dashboard-counts.yaml");
+        std::fs::write(&file, test.to_string()).unwrap();
+        let out = std::process::Command::new(promtool)
+            .args(["test", "rules"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 // ---------------------------------------------------------------- part 3: the dashboard's ConfigMaps
@@ -724,8 +935,6 @@ fn yaml_documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `kubectl apply -k dashboards` and the chart's `dashboard.enabled=true` give the same ConfigMap, which the
-/// API server accepts, labelled for Grafana's sidecar and holding the dashboard as it is in the repository.
 /// The in-cluster audit's alerts: a Deployment at risk (it can land on a 2019 and a 2022 node, its ltsc2022
 /// image runs on the 2022 one only) and one broken (pinned to the 2019 pool), images read from the real
 /// test registry. Both fire; a multi-build image (2019 and 2022 entries) fixes both, the change triggers
@@ -789,6 +998,7 @@ spec:
     let prometheus = Prometheus::start(&env.prefix).await;
     prometheus.set_targets(&[&controller.metrics_addr]);
     wait_scraped(&prometheus, &controller.metrics_addr).await;
+    let started = unix_now();
 
     let risky = [("namespace", ns), ("kind", "Deployment"), ("name", "risky")];
     let pinned = [
@@ -814,6 +1024,9 @@ spec:
         None
     );
 
+    // The audit panels, while both workloads are flagged (the verdict series go with the fix).
+    dashboard::check(&prometheus, dashboard::AUDIT).await;
+
     let multi = r.plain("windows/multi");
     kubectl_with_stdin(
         &["apply", "-f", "-"],
@@ -827,6 +1040,7 @@ spec:
         prometheus.wait_resolved("OSBuildWorkloadAtRisk", &risky),
         prometheus.wait_resolved("OSBuildWorkloadBroken", &pinned),
     );
+    dashboard::draw(&prometheus, started, dashboard::AUDIT).await;
     let rules = prometheus.api("/api/v1/rules").await;
     for group in rules["data"]["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
@@ -837,6 +1051,135 @@ spec:
     env.cleanup().await;
 }
 
+/// Placement's panels and OSBuildPodsGatedTooLong, on the placement tests' control plane (the admission
+/// policy is cluster-wide: never on the shared one), images read from the real test registry. A replica that
+/// writes nothing (`--dry-run`) leaves a gated pod past the deadline: the alert fires. A writing replica
+/// starts, releases it (the alert resolves) and then pods of every outcome: placed (one image read from the
+/// cache), no compatible node, not Windows, and image OS unknown (a malformed manifest, a registry down).
+#[tokio::test]
+async fn placement_panels_and_pods_gated_too_long() {
+    use k8s_openapi::api::core::v1::Pod;
+    let kubeconfig = placement_kubeconfig();
+    let env = TestEnv::with_client(client_from(kubeconfig).await, "prom-placement").await;
+    env.create_windows_node("ws2019", "10.0.17763.6293").await;
+    env.create_windows_node("ws2022", "10.0.20348.2655").await;
+    let r = registries();
+    // Down: a port nobody listens on.
+    let down = format!("127.0.0.1:{}", free_port());
+    let common = [
+        "--namespace",
+        env.namespace.as_str(),
+        "--registry-insecure",
+        r.plain_host(),
+        "--registry-insecure",
+        down.as_str(),
+        "--registry-timeout",
+        "3s",
+        "--placement-deadline",
+        "3s",
+    ];
+    let flags = |extra: &[&'static str]| [&common[..], extra].concat();
+    let create = |name: &str, image: &str| {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": name},
+            "spec": {"nodeSelector": {"kubernetes.io/os": "windows", RUN_LABEL: env.prefix},
+                     "containers": [{"name": "app", "image": image}], "terminationGracePeriodSeconds": 0}
+        }))
+        .unwrap();
+        let pods = env.pods();
+        async move { pods.create(&PostParams::default(), &pod).await.unwrap() }
+    };
+    let gated = |pod: &Pod| {
+        pod.spec
+            .as_ref()
+            .and_then(|s| s.scheduling_gates.as_ref())
+            .is_some_and(|gates| gates.iter().any(|g| g.name == PLACEMENT_GATE))
+    };
+
+    let follower = Controller::spawn_with_kubeconfig(&env, kubeconfig, &flags(&["--dry-run"]));
+    follower.wait_ready().await;
+    let prometheus = Prometheus::start(&env.prefix).await;
+    prometheus.set_targets(&[&follower.metrics_addr]);
+    wait_scraped(&prometheus, &follower.metrics_addr).await;
+    let started = unix_now();
+
+    let early = create("early", &r.plain("windows/ltsc2022")).await;
+    assert!(gated(&early), "the admission policy gates the pod");
+    prometheus
+        .wait_pending_then_firing("OSBuildPodsGatedTooLong", &[])
+        .await;
+
+    // A writing replica releases the pod: the alert resolves because the pod is placed (the dry-run
+    // replica, still scraped, sees the gate go too).
+    let leader = Controller::spawn_with_kubeconfig(&env, kubeconfig, &flags(&[]));
+    leader.wait_ready().await;
+    prometheus.set_targets(&[&follower.metrics_addr, &leader.metrics_addr]);
+    eventually("OSBuildPodsGatedTooLong resolved", TIMEOUT, || async {
+        let state = prometheus.alert_state("OSBuildPodsGatedTooLong", &[]).await;
+        state.is_none().then_some(())
+    })
+    .await;
+    let placed = env.pods().get("early").await.unwrap();
+    assert!(!gated(&placed), "released by the writing replica");
+
+    // One pod per outcome; "again" reads the ltsc2022 image from the cache.
+    let pods = [
+        ("again", r.plain("windows/ltsc2022")),
+        ("ltsc2019", r.plain("windows/ltsc2019")),
+        ("multi", r.plain("windows/multi")),
+        ("ltsc2025", r.plain("windows/ltsc2025:latest")),
+        ("linux", r.plain("linux/app:latest")),
+        ("malformed", r.plain("broken/manifest:latest")),
+        ("down", format!("{down}/windows/ltsc2022")),
+    ];
+    for (name, image) in &pods {
+        create(name, image).await;
+    }
+    let outcomes = [
+        ("placed", 4.0),
+        ("no-compatible-node", 1.0),
+        ("not-windows", 1.0),
+        ("image-os-unknown", 2.0),
+    ];
+    for (outcome, count) in outcomes {
+        let q = format!(
+            r#"sum(osbuild_placements_total{{job="osbuild-controller",outcome="{outcome}"}}) == {count}"#
+        );
+        eventually(&format!("{q} in Prometheus"), TIMEOUT, || async {
+            (!prometheus.query(&q).await.is_empty()).then_some(())
+        })
+        .await;
+    }
+    for (q, what) in [
+        (
+            r#"sum(osbuild_registry_cache_hits_total{job="osbuild-controller"}) > 0"#,
+            "an image read from the cache",
+        ),
+        (
+            r#"sum(osbuild_image_resolutions_total{job="osbuild-controller",outcome="bad-manifest"}) > 0"#,
+            "the malformed manifest counted by its category",
+        ),
+        (
+            r#"sum(osbuild_image_resolutions_total{job="osbuild-controller",outcome="unreachable"}) > 0"#,
+            "the registry down counted by its category",
+        ),
+    ] {
+        assert_eq!(prometheus.query(q).await.len(), 1, "{what}: {q}");
+    }
+    dashboard::check_and_draw(&prometheus, started, dashboard::PLACEMENT).await;
+    let rules = prometheus.api("/api/v1/rules").await;
+    for group in rules["data"]["groups"].as_array().unwrap() {
+        for rule in group["rules"].as_array().unwrap() {
+            assert_eq!(rule["health"], "ok", "{rule}");
+        }
+    }
+    drop(leader);
+    drop(follower);
+    env.cleanup().await;
+}
+
+/// `kubectl apply -k dashboards` and the chart's `dashboard.enabled=true` give the same ConfigMap, which the
+/// API server accepts, labelled for Grafana's sidecar and holding the dashboard as it is in the repository.
 #[tokio::test]
 async fn dashboard_configmap_is_the_same_in_kustomize_and_helm_and_applies() {
     let env = TestEnv::new("prom-dashboard").await;

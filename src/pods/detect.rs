@@ -25,6 +25,9 @@ pub struct Failure {
     pub container: String,
     pub image: String,
     pub variant: Variant,
+    /// When the failure became visible ([`visible_since`], or the sandbox Event's time); `None` when the
+    /// status carries no time for it.
+    pub visible_since: Option<Timestamp>,
 }
 
 /// Every container of the pod whose current failure is the mismatch. A container that runs again has
@@ -49,8 +52,43 @@ pub fn active_failures_confirmed(pod: &Pod, confirmed: &[String]) -> Vec<Failure
             container: cs.name.clone(),
             image: spec_image(pod, &cs.name).unwrap_or_else(|| cs.image.clone()),
             variant,
+            visible_since: visible_since(pod, cs),
         })
         .collect()
+}
+
+/// When a container's failure became visible in the pod's status: where the detection latency
+/// (`osbuild_pod_os_mismatch_detection_latency_seconds`) starts.
+/// - The `finishedAt` of the terminated record that carries the mismatch (`state.terminated`, else
+///   `lastState.terminated`): the runtime's time of the failed start, which the kubelet writes into the
+///   status in the same sync. This is the failure's own time, so it is preferred.
+/// - Otherwise the failure is a waiting state (`ErrImagePull`, `RunContainerError`), which carries no time:
+///   the `lastTransitionTime` of the pod's `ContainersReady` condition while it is `False`. The containers
+///   stopped being ready no later than the failure, so this may start early (by the pull or start attempt
+///   that failed), never late: the latency is not understated.
+///
+/// The API server keeps whole seconds, so a latency measured from either is up to 1 s longer than the real one.
+pub fn visible_since(pod: &Pod, cs: &ContainerStatus) -> Option<Timestamp> {
+    let terminated = [
+        cs.state.as_ref().and_then(|s| s.terminated.as_ref()),
+        cs.last_state.as_ref().and_then(|s| s.terminated.as_ref()),
+    ];
+    let finished = terminated
+        .into_iter()
+        .flatten()
+        .find(|t| {
+            t.message
+                .as_deref()
+                .is_some_and(|m| classify(m).os_mismatch)
+        })
+        .and_then(|t| t.finished_at.as_ref());
+    finished.map(|t| t.0).or_else(|| not_ready_since(pod))
+}
+
+/// Seconds from `since` to `now`: the detection latency. 0 when `since` is later, as it can be: the clocks
+/// of the kubelet (which writes the times), the API server and the controller may differ.
+pub fn detection_latency(since: Timestamp, now: Timestamp) -> f64 {
+    now.duration_since(since).as_secs_f64().max(0.0)
 }
 
 fn failure_of(cs: &ContainerStatus) -> Option<Variant> {
@@ -182,6 +220,8 @@ pub struct SandboxFailure {
     pub pod: String,
     pub uid: Option<String>,
     pub variant: Variant,
+    /// When the kubelet recorded this occurrence ([`event_last_seen`]): where the detection latency starts.
+    pub visible_since: Option<Timestamp>,
 }
 
 pub fn sandbox_failure(event: &CoreEvent) -> Option<SandboxFailure> {
@@ -198,6 +238,8 @@ pub fn sandbox_failure(event: &CoreEvent) -> Option<SandboxFailure> {
         pod: object.name.clone()?,
         uid: object.uid.clone(),
         variant,
+        // The latest occurrence: a repeated Event keeps its first one's time, maybe an earlier episode's.
+        visible_since: event_last_seen(event),
     })
 }
 
@@ -283,6 +325,108 @@ mod tests {
             }]}));
             assert!(active_failures(&p).is_empty(), "{reason}");
         }
+    }
+
+    fn at(rfc3339: &str) -> Timestamp {
+        rfc3339.parse().unwrap()
+    }
+
+    #[test]
+    fn a_crash_loop_is_visible_from_the_failed_start_s_finished_at() {
+        let p = pod(json!({
+            // An older transition: the failure's own time wins over it.
+            "conditions": [{"type": "ContainersReady", "status": "False", "lastTransitionTime": "2026-11-23T00:00:00Z"}],
+            "containerStatuses": [{
+                "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 3,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": "back-off 40s restarting failed container"}},
+                "lastState": {"terminated": {"reason": "ContainerCannotRun", "exitCode": 128, "message": DOCKER,
+                                             "startedAt": "2026-11-23T00:10:00Z", "finishedAt": "2026-11-23T00:10:03Z"}}
+            }]
+        }));
+        let failures = active_failures(&p);
+        assert_eq!(failures[0].visible_since, Some(at("2026-11-23T00:10:03Z")));
+        // The same failure while the container is still terminated (before the back-off).
+        let p = pod(json!({"containerStatuses": [{
+            "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+            "state": {"terminated": {"reason": "StartError", "exitCode": 128, "message": CONTAINERD,
+                                     "finishedAt": "2026-11-23T00:20:01Z"}}
+        }]}));
+        assert_eq!(
+            active_failures(&p)[0].visible_since,
+            Some(at("2026-11-23T00:20:01Z"))
+        );
+    }
+
+    /// Docker's pull error (DOMAIN.md §4; https://github.com/docker-archive-public/docker.kitematic/issues/5236)
+    /// and containerd's RunContainerError: waiting states have no time, the ContainersReady condition has.
+    #[test]
+    fn a_waiting_failure_is_visible_from_containers_ready_going_false() {
+        let pull = "rpc error: code = Unknown desc = Error response from daemon: no matching manifest for windows/amd64 10.0.17763 in the manifest list entries";
+        let status = |conditions: serde_json::Value| {
+            pod(
+                json!({"phase": "Pending", "conditions": conditions, "containerStatuses": [{
+                    "name": "app", "image": "x", "imageID": "", "ready": false, "restartCount": 0,
+                    "state": {"waiting": {"reason": "ErrImagePull", "message": pull}},
+                    // An earlier, unrelated termination is not where this failure starts.
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137, "finishedAt": "2026-11-22T00:00:00Z"}}
+                }]}),
+            )
+        };
+        let p = status(json!([
+            {"type": "Ready", "status": "False", "lastTransitionTime": "2026-11-23T00:00:00Z"},
+            {"type": "ContainersReady", "status": "False", "lastTransitionTime": "2026-11-23T00:30:00Z"}
+        ]));
+        let failures = active_failures(&p);
+        assert_eq!(failures[0].variant, Variant::PullNoMatchingManifest);
+        assert_eq!(failures[0].visible_since, Some(at("2026-11-23T00:30:00Z")));
+        // Containers still ready (a stale condition) or no condition at all: no start time, not timed.
+        let stale = status(
+            json!([{"type": "ContainersReady", "status": "True", "lastTransitionTime": "2026-11-23T00:30:00Z"}]),
+        );
+        assert_eq!(active_failures(&stale)[0].visible_since, None);
+        assert_eq!(active_failures(&status(json!([])))[0].visible_since, None);
+    }
+
+    #[test]
+    fn detection_latency_is_never_negative() {
+        let since = at("2026-11-23T00:00:03Z");
+        assert!((detection_latency(since, at("2026-11-23T00:00:33.5Z")) - 30.5).abs() < 1e-9);
+        // A kubelet clock ahead of the controller's.
+        assert!(detection_latency(since, at("2026-11-23T00:00:01Z")).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn an_event_is_timed_by_its_latest_occurrence() {
+        let event = |times: serde_json::Value| -> CoreEvent {
+            let mut e = json!({
+                "metadata": {"name": "e", "namespace": "n"},
+                "involvedObject": {"kind": "Pod", "name": "p", "namespace": "n", "uid": "u1"},
+                "reason": SANDBOX_EVENT_REASON, "type": "Warning",
+                "message": format!("Failed to create pod sandbox: rpc error: code = Unknown desc = {CONTAINERD}")
+            });
+            e.as_object_mut()
+                .unwrap()
+                .extend(times.as_object().unwrap().clone());
+            serde_json::from_value(e).unwrap()
+        };
+        // The legacy recorder, repeated: the first occurrence may be an earlier episode's.
+        let legacy = event(
+            json!({"count": 4, "firstTimestamp": "2026-11-23T00:00:00Z", "lastTimestamp": "2026-11-23T00:05:00Z"}),
+        );
+        assert_eq!(
+            sandbox_failure(&legacy).unwrap().visible_since,
+            Some(at("2026-11-23T00:05:00Z"))
+        );
+        // events.k8s.io: eventTime, then the series.
+        let series = event(json!({"eventTime": "2026-11-23T00:00:00.000000Z",
+            "series": {"count": 2, "lastObservedTime": "2026-11-23T00:07:00.000000Z"}}));
+        assert_eq!(event_last_seen(&series), Some(at("2026-11-23T00:07:00Z")));
+        let first_only = event(json!({"firstTimestamp": "2026-11-23T00:01:00Z"}));
+        assert_eq!(
+            event_last_seen(&first_only),
+            Some(at("2026-11-23T00:01:00Z"))
+        );
+        assert_eq!(event_last_seen(&event(json!({}))), None);
     }
 
     #[test]

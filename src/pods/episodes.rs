@@ -51,18 +51,26 @@ pub struct Flag {
     pub node: String,
     pub osbuild: String,
     pub finding: serde_json::Value,
+    /// When the failure became visible: where the detection latency starts ([`super::detect::Failure`]).
+    pub visible_since: Option<Timestamp>,
 }
 
 impl Flag {
     /// The label values of `osbuild_pod_os_mismatch`.
-    pub fn gauge_labels(&self) -> [&str; 5] {
+    pub fn gauge_labels(&self) -> [&str; 6] {
         [
             &self.pod.namespace,
             &self.pod.name,
             &self.container,
             &self.node,
             &self.osbuild,
+            self.variant.as_str(),
         ]
+    }
+
+    /// The label values of `osbuild_pod_os_mismatch_detections_total`.
+    pub fn detection_labels(&self) -> [&str; 2] {
+        [&self.pod.namespace, self.variant.as_str()]
     }
 }
 
@@ -309,6 +317,7 @@ impl Episodes {
             container: SANDBOX.to_owned(),
             image: main_image(pod),
             variant: found.variant,
+            visible_since: found.visible_since,
         };
         let mut effects: Vec<Effect> = self
             .flag(&pod_ref, failure, (node, facts), not_ready_since(pod))
@@ -339,6 +348,7 @@ impl Episodes {
             node: node.to_owned(),
             osbuild: facts.osbuild.clone().unwrap_or_default(),
             finding: annotation_value(&failure, node, facts),
+            visible_since: failure.visible_since,
         };
         let message = finding_message(&failure, node, facts, &self.keys);
         let seen_early = self.published_early.get(&pod.uid);
@@ -497,8 +507,9 @@ mod tests {
         };
         assert_eq!(
             flag.gauge_labels(),
-            ["shop", "pod-u1", "app", "win-1", "17763"]
+            ["shop", "pod-u1", "app", "win-1", "17763", "hcs-0xc0370101"]
         );
+        assert_eq!(flag.detection_labels(), ["shop", "hcs-0xc0370101"]);
         assert!(
             message.contains("example/app:ltsc2022") && message.contains("Fix:"),
             "{message}"

@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::{WatchStreamExt, watcher};
@@ -169,6 +170,13 @@ async fn detect(
     let mut episodes = Episodes::new(shared.keys.clone());
     let mut unreadable = Unreadable::default();
     while let Some(input) = inputs.next().await {
+        // Only episodes that begin while a watch is live are timed: one found in a (re-)list may have begun
+        // long before this process, and a restart would flood the latency histogram with its age.
+        let live = match &input {
+            Input::Pod(event) => matches!(**event, Ok(watcher::Event::Apply(_))),
+            Input::Sandbox(event) => matches!(**event, Ok(watcher::Event::Apply(_))),
+            Input::Published(_) | Input::Tick => false,
+        };
         let effects = match input {
             Input::Pod(event) => {
                 observe_watch(&shared.health, &shared.metrics, PODS_WATCH, &event);
@@ -223,7 +231,7 @@ async fn detect(
             }
         };
         for effect in effects {
-            if let Some(flag) = carry_out(&shared, annotate, effect).await {
+            if let Some(flag) = carry_out(&shared, annotate, effect, live).await {
                 episodes.reported(&flag.pod.uid, &flag.container);
             }
         }
@@ -402,10 +410,13 @@ async fn on_sandbox_event(
     episodes.sandbox_failed(&found, &pod, facts.as_ref())
 }
 
-/// Carries out one effect; returns the flag whose Event this replica has just published.
-async fn carry_out(shared: &Shared, annotate: bool, effect: Effect) -> Option<Flag> {
+/// Carries out one effect (`live`: it comes from a watch event, not a list); returns the flag whose Event
+/// this replica has just published.
+async fn carry_out(shared: &Shared, annotate: bool, effect: Effect, live: bool) -> Option<Flag> {
     match effect {
-        Effect::Flagged { flag, message } => flagged(shared, &flag, message).await.then_some(flag),
+        Effect::Flagged { flag, message } => {
+            flagged(shared, &flag, message, live).await.then_some(flag)
+        }
         Effect::Cleared { flag } => {
             cleared(shared, &flag);
             None
@@ -419,7 +430,7 @@ async fn carry_out(shared: &Shared, annotate: bool, effect: Effect) -> Option<Fl
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %flag.pod.namespace, pod = %flag.pod.name, container = %flag.container, node = %flag.node))]
-async fn flagged(shared: &Shared, flag: &Flag, message: String) -> bool {
+async fn flagged(shared: &Shared, flag: &Flag, message: String, live: bool) -> bool {
     let metrics = &shared.metrics;
     metrics
         .pod_os_mismatch
@@ -427,8 +438,13 @@ async fn flagged(shared: &Shared, flag: &Flag, message: String) -> bool {
         .set(1);
     metrics
         .pod_os_mismatch_detections
-        .with_label_values(&[&flag.pod.namespace])
+        .with_label_values(&flag.detection_labels())
         .inc();
+    if live && let Some(since) = flag.visible_since {
+        metrics
+            .pod_os_mismatch_detection_latency
+            .observe(detect::detection_latency(since, Timestamp::now()));
+    }
     tracing::warn!("{message}");
     report(shared, flag, message).await
 }

@@ -125,6 +125,7 @@ mod tests {
             container: "app".into(),
             image: image.into(),
             variant: Variant::Containerd,
+            visible_since: None,
         }
     }
 

@@ -12,6 +12,7 @@
 //! - [`process`]: `osbuild-controller run` as a child process; [`metrics`]: scrapes parsed by a real
 //!   Prometheus text parser; [`events`]: the Events a controller published; [`wait`]: eventually/consistently.
 //! - [`faults`]: a partitioning proxy and an independent label auditor.
+//! - [`placement`]: the placement tests' own control plane, with the cluster-wide admission policy.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::pedantic)] // test code: a panic is a failed test
 
 pub mod cluster;
@@ -20,6 +21,7 @@ pub mod env;
 pub mod events;
 pub mod faults;
 pub mod metrics;
+pub mod placement;
 pub mod process;
 pub mod rbac;
 pub mod registries;
@@ -34,6 +36,7 @@ pub use control_plane::ControlPlane;
 pub use env::{TestEnv, unique_prefix};
 pub use events::EventQuery;
 pub use metrics::Scrape;
+pub use placement::{PLACEMENT_GATE, placement_kubeconfig};
 pub use process::{
     Controller, controller_binary, free_port, free_ports, http_get, read_log, signal,
 };
