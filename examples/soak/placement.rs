@@ -446,7 +446,11 @@ pub async fn churn(
             1 => Some(RUNTIME_CLASSES[1].0),
             _ => None,
         };
-        let secret = image.registry == Registry::Secure || rng.random_bool(0.2);
+        // The private image (in either container) needs the pull secret; others name it now and then.
+        let secret = images
+            .iter()
+            .any(|i| image_of(i).is_some_and(|i| i.registry == Registry::Secure))
+            || rng.random_bool(0.2);
         let pod: Pod =
             serde_json::from_value(pod_manifest(&name, &prefix, &images, runtime_class, secret))
                 .unwrap();
