@@ -630,6 +630,70 @@ async fn no_compatible_node_places_the_pod_and_warns() {
     cluster.cleanup().await;
 }
 
+/// Found by the soak (seed 42): images that no Windows build runs together (an ltsc2019 init container
+/// beside an ltsc2022 app). The controller asked for `osbuild In []`, the API server refused it (422), and
+/// the pod was released without any constraint, to start where it cannot run. Now it gets a requirement no
+/// node matches, which the API server accepts on a gated pod, and waits Pending with NoCompatibleNode,
+/// while the same app alone (the positive control) is bound.
+#[tokio::test]
+async fn images_no_build_runs_together_wait_pending_off_every_node() {
+    let cluster = Cluster::new("placement-apart").await;
+    let controller = cluster.controller(&[]).await;
+    let r = registries();
+    let init = json!({"initContainers": [{"name": "init", "image": r.plain("windows/ltsc2019")}]});
+    assert_gated(
+        &cluster
+            .pod("apart", &r.plain("windows/ltsc2022"), init)
+            .await,
+    );
+    assert_gated(
+        &cluster
+            .pod("alone", &r.plain("windows/ltsc2022"), json!({}))
+            .await,
+    );
+    let pod = cluster.released("apart").await;
+    assert_eq!(
+        terms(&pod),
+        json!([{"matchExpressions": [
+            {"key": KEY, "operator": "Exists"},
+            {"key": KEY, "operator": "DoesNotExist"},
+        ]}])
+    );
+    let event = cluster.event("apart", "NoCompatibleNode").await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert!(
+        event
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("no Windows build runs every image"),
+        "{event:?}"
+    );
+    cluster.scheduled("alone").await;
+    consistently("the pod waits Pending", Duration::from_secs(2), || async {
+        cluster.get("apart").await.spec.unwrap().node_name.is_none()
+    })
+    .await;
+    controller
+        .wait_metric(
+            "osbuild_placements_total",
+            &[("outcome", "no-compatible-node")],
+            1.0,
+        )
+        .await;
+    assert_eq!(
+        controller
+            .metric(
+                "osbuild_placements_total",
+                &[("outcome", "image-os-unknown")]
+            )
+            .await
+            .unwrap_or_default(),
+        0.0
+    );
+    cluster.cleanup().await;
+}
+
 /// A private image: read with the pull secret on the pod, or on its ServiceAccount; wrong credentials
 /// release the pod with ImageOSUnknown naming the error.
 #[tokio::test]

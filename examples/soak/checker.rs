@@ -16,6 +16,8 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use osbuild_testkit::faults::{desired, ours};
 
+use crate::placement;
+
 pub type Labels = BTreeMap<String, String>;
 
 /// A hand edit of a node's labels is in flight or landed at this resourceVersion; until the controller
@@ -74,7 +76,56 @@ pub struct State {
     pub lease: Vec<LeaseRecord>,
     pub episodes: HashMap<String, Vec<Episode>>,
     pub events: HashMap<String, Published>,
+    /// The soak's placement pods by uid.
+    pub placements: HashMap<String, PlacementTrack>,
+    pods_relist: Option<HashSet<String>>,
     started: Option<Instant>,
+}
+
+/// A placement pod (`place-<n>`) as the churn created it and the checker saw it.
+#[derive(Debug, Default)]
+pub struct PlacementTrack {
+    pub name: String,
+    /// The churn's create returned it with our gate (the policy at work), and when.
+    created_gated: Option<Instant>,
+    /// First seen with our gate by the checker.
+    seen_gated: Option<Instant>,
+    /// Our gate as last seen.
+    pub gated_now: bool,
+    /// First seen without our gate: when, and the judgement of its node selection.
+    released: Option<(Instant, Result<(), String>)>,
+    /// Gone (deleted by the churn), and whether it still had our gate then.
+    deleted: Option<bool>,
+    /// Released with a selection of no node (no build runs every image of it).
+    nowhere: bool,
+}
+
+impl PlacementTrack {
+    /// The policy gated it: the churn or the checker saw the gate.
+    pub fn was_gated(&self) -> bool {
+        self.created_gated.is_some() || self.seen_gated.is_some()
+    }
+
+    fn gated_since(&self) -> Option<Instant> {
+        match (self.created_gated, self.seen_gated) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// What the checker concludes about placement.
+#[derive(Debug, Default)]
+pub struct PlacementSummary {
+    pub violations: Vec<String>,
+    pub gated: usize,
+    pub placed: usize,
+    /// Placed off every node: no Windows build runs all their images.
+    pub nowhere: usize,
+    pub deleted_while_gated: usize,
+    pub still_gated: usize,
+    /// Seconds from the gate seen (or the create returned) to the pod seen without it.
+    pub gate_to_placed: Vec<f64>,
 }
 
 #[derive(Clone)]
@@ -146,8 +197,29 @@ impl Checker {
         tokio::spawn(async move {
             let mut events = pin!(watcher(pods, watcher::Config::default()).default_backoff());
             while let Some(event) = events.next().await {
-                if let Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) = event {
-                    c.lock().observe_pod(&pod);
+                match event {
+                    Ok(watcher::Event::Apply(pod)) => c.lock().observe_pod(&pod),
+                    Ok(watcher::Event::InitApply(pod)) => {
+                        let mut s = c.lock();
+                        if let (Some(seen), Some(uid)) = (s.pods_relist.as_mut(), pod.uid()) {
+                            seen.insert(uid);
+                        }
+                        s.observe_pod(&pod);
+                    }
+                    Ok(watcher::Event::Init) => c.lock().pods_relist = Some(HashSet::new()),
+                    Ok(watcher::Event::InitDone) => {
+                        let mut s = c.lock();
+                        if let Some(seen) = s.pods_relist.take() {
+                            // deleted while the watch was broken: a relist has no Delete for them
+                            for (uid, track) in &mut s.placements {
+                                if !seen.contains(uid) && track.deleted.is_none() {
+                                    track.deleted = Some(track.gated_now);
+                                }
+                            }
+                        }
+                    }
+                    Ok(watcher::Event::Delete(pod)) => c.lock().pod_deleted(&pod),
+                    Err(_) => {}
                 }
             }
         });
@@ -203,6 +275,32 @@ impl Checker {
             .iter()
             .filter(|(_, t)| t.states.last().is_some_and(|d| *d != t.ours))
             .map(|(n, _)| n.clone())
+            .collect();
+        left.sort();
+        left
+    }
+
+    /// The churn created a placement pod; `gated`: the API server returned it with our gate.
+    pub fn placement_created(&self, uid: &str, name: &str, gated: bool) {
+        let mut s = self.lock();
+        let track = s.placements.entry(uid.to_owned()).or_default();
+        track.name = name.to_owned();
+        if gated {
+            track.created_gated = Some(Instant::now());
+            if track.released.is_none() && track.deleted.is_none() {
+                track.gated_now = true;
+            }
+        }
+    }
+
+    /// Placement pods that still carry our gate (gated by the policy, not deleted).
+    pub fn still_gated(&self) -> Vec<String> {
+        let s = self.lock();
+        let mut left: Vec<String> = s
+            .placements
+            .values()
+            .filter(|t| t.was_gated() && t.gated_now && t.deleted.is_none())
+            .map(|t| t.name.clone())
             .collect();
         left.sort();
         left
@@ -304,10 +402,47 @@ impl State {
         }
     }
 
+    fn observe_placement(&mut self, uid: &str, name: String, pod: &Pod) {
+        let now = Instant::now();
+        let track = self.placements.entry(uid.to_owned()).or_default();
+        track.name = name;
+        track.gated_now = placement::has_gate(pod);
+        if track.gated_now {
+            track.seen_gated.get_or_insert(now);
+        } else if track.released.is_none() {
+            let judgement = match placement::pod_images(pod) {
+                Some(images) => placement::judge_selection(
+                    &placement::selections(pod),
+                    &images,
+                    placement::isolation_of(
+                        pod.spec
+                            .as_ref()
+                            .and_then(|s| s.runtime_class_name.as_deref()),
+                    ),
+                ),
+                None => Err("runs an image that is not one of the soak's".into()),
+            };
+            track.nowhere = placement::selections(pod).contains(&placement::Selection::Nowhere);
+            track.released = Some((now, judgement));
+        }
+    }
+
+    fn pod_deleted(&mut self, pod: &Pod) {
+        if let Some(track) = pod.uid().and_then(|uid| self.placements.get_mut(&uid))
+            && track.deleted.is_none()
+        {
+            track.deleted = Some(placement::has_gate(pod));
+        }
+    }
+
     fn observe_pod(&mut self, pod: &Pod) {
         let (Some(uid), name) = (pod.uid(), pod.name_any()) else {
             return;
         };
+        if name.starts_with(placement::POD_PREFIX) {
+            self.observe_placement(&uid, name, pod);
+            return;
+        }
         let now = Timestamp::now();
         let episodes = self.episodes.entry(uid).or_default();
         let open = episodes.last().is_some_and(|e| e.end.is_none());
@@ -449,4 +584,41 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
         }
     }
     (violations, judged)
+}
+
+/// Placement's invariants: every pod the policy gated had our gate removed (unless the churn deleted it
+/// first), and its node selection lets it run only on hosts that run every image of it; plus the counts.
+pub fn judge_placement(state: &State) -> PlacementSummary {
+    let mut summary = PlacementSummary::default();
+    let mut tracks: Vec<&PlacementTrack> = state.placements.values().collect();
+    tracks.sort_by_key(|t| t.name.clone());
+    for track in tracks.into_iter().filter(|t| t.was_gated()) {
+        summary.gated += 1;
+        match (&track.released, track.deleted) {
+            (Some((at, judgement)), _) => {
+                summary.placed += 1;
+                summary.nowhere += usize::from(track.nowhere);
+                if let Some(since) = track.gated_since() {
+                    summary
+                        .gate_to_placed
+                        .push(at.saturating_duration_since(since).as_secs_f64());
+                }
+                if let Err(wrong) = judgement {
+                    summary
+                        .violations
+                        .push(format!("pod {}: {wrong}", track.name));
+                }
+            }
+            (None, Some(_)) => summary.deleted_while_gated += 1,
+            (None, None) => {
+                summary.still_gated += 1;
+                summary.violations.push(format!(
+                    "pod {} still gated at the end (gated {:.0?} ago)",
+                    track.name,
+                    track.gated_since().map(|s| s.elapsed()).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    summary
 }

@@ -9,6 +9,7 @@
 mod audit;
 mod checker;
 mod faults;
+mod placement;
 mod replicas;
 mod workload;
 
@@ -64,7 +65,8 @@ fn audit_policy() -> &'static str {
     "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n  - level: Metadata\n    userGroups: [\"system:serviceaccounts\"]\n  - level: None\n"
 }
 
-/// The controller's RBAC exactly as manifests/base has it, bound to the three ServiceAccounts.
+/// The controller's RBAC exactly as manifests/base and manifests/components/placement (the default
+/// install) have it, bound to the three ServiceAccounts.
 async fn grant_manifests(client: &kube::Client, prefix: &str, namespace: &str) {
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
     let mut cluster_role: Value =
@@ -80,6 +82,21 @@ async fn grant_manifests(client: &kube::Client, prefix: &str, namespace: &str) {
     let pp = PostParams::default();
     Api::<ClusterRole>::all(client.clone())
         .create(&pp, &serde_json::from_value(cluster_role).unwrap())
+        .await
+        .unwrap();
+    // Placement's rights, exactly as manifests/components/placement adds them.
+    let mut placement_role: Value =
+        serde_norway::from_str(&read("manifests/components/placement/clusterrole.yaml")).unwrap();
+    placement_role["metadata"] = json!({"name": format!("{prefix}-placement")});
+    Api::<ClusterRole>::all(client.clone())
+        .create(&pp, &serde_json::from_value(placement_role).unwrap())
+        .await
+        .unwrap();
+    Api::<ClusterRoleBinding>::all(client.clone())
+        .create(&pp, &serde_json::from_value(json!({
+            "metadata": {"name": format!("{prefix}-placement")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{prefix}-placement")},
+            "subjects": subjects})).unwrap())
         .await
         .unwrap();
     Api::<ClusterRoleBinding>::all(client.clone())
@@ -106,6 +123,9 @@ fn granted() -> std::collections::BTreeSet<audit::Access> {
     let read = |path: &str| std::fs::read_to_string(repo_root().join(path)).unwrap();
     let mut set = audit::granted(&read("manifests/base/clusterrole.yaml"));
     set.extend(audit::granted(&read("manifests/base/role.yaml")));
+    set.extend(audit::granted(&read(
+        "manifests/components/placement/clusterrole.yaml",
+    )));
     set
 }
 
@@ -143,6 +163,8 @@ async fn main() {
                 ephemeral: 100,
                 pods: 10_000,
                 rate: 8.0,
+                placement_rate: 2.0,
+                placement_keep: Duration::from_secs(120),
             },
             (20.0, 40.0),
         )
@@ -156,6 +178,8 @@ async fn main() {
                 ephemeral: 30,
                 pods: 500,
                 rate: 4.0,
+                placement_rate: 1.0,
+                placement_keep: Duration::from_secs(60),
             },
             (20.0, 25.0),
         )
@@ -193,6 +217,24 @@ async fn main() {
         audit_log.display()
     );
 
+    // ---------------------------------------------------------------- placement: registries and the policy
+    let registries = tokio::task::spawn_blocking(osbuild_testkit::registries)
+        .await
+        .unwrap();
+    placement::setup(
+        &env.client,
+        &cp.kubeconfig,
+        &namespace,
+        &env.prefix,
+        registries,
+    )
+    .await;
+    eprintln!(
+        "[soak] registries {} (plain) and {} (TLS, htpasswd); the placement policy gates Windows pods",
+        registries.plain_host(),
+        registries.secure_host()
+    );
+
     // ---------------------------------------------------------------- identities, exactly the manifests' rights
     grant_manifests(&env.client, &env.prefix, &namespace).await;
     let mut replicas = Vec::new();
@@ -200,6 +242,8 @@ async fn main() {
         selector: env.node_selector(),
         namespace: namespace.clone(),
         lease_duration: LEASE_DURATION,
+        registry_insecure: registries.plain_host().to_owned(),
+        registry_ca: registries.get("REGISTRY_CA").to_owned(),
     };
     for name in NAMES {
         let sa = format!("soak-{name}");
@@ -305,6 +349,19 @@ async fn main() {
         stats.clone(),
         stop.clone(),
     ));
+    let placement_stats = Arc::new(placement::PlacementStats::default());
+    let placement_churn = tokio::spawn(placement::churn(
+        env.client.clone(),
+        namespace.clone(),
+        env.prefix.clone(),
+        registries,
+        seed.wrapping_add(2),
+        sizes.placement_rate,
+        sizes.placement_keep,
+        checker.clone(),
+        placement_stats.clone(),
+        stop.clone(),
+    ));
     let ctx = faults::Context {
         cp: &cp,
         client: env.client.clone(),
@@ -337,6 +394,7 @@ async fn main() {
     stop.store(true, Ordering::SeqCst);
     violations.extend(ctx.problems.lock().unwrap().iter().cloned());
     let _ = churn.await;
+    let _ = placement_churn.await;
     let _ = sampler.await;
     let last_fault_end = Instant::now();
 
@@ -362,6 +420,23 @@ async fn main() {
         )),
     }
     eprintln!("[soak] converged after the last fault in {final_convergence:.1?}");
+    // Never gated forever: every pod the policy gated loses our gate within the same bound.
+    let mut all_placed = None;
+    let mut still_gated = Vec::new();
+    while last_fault_end.elapsed() < CONVERGENCE_LIMIT {
+        still_gated = checker.still_gated();
+        if still_gated.is_empty() {
+            all_placed = Some(last_fault_end.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if all_placed.is_none() {
+        violations.push(format!(
+            "pods still gated {CONVERGENCE_LIMIT:?} after the last fault and churn: {still_gated:?}"
+        ));
+    }
+    eprintln!("[soak] every gated pod placed {all_placed:.1?} after the last fault");
     // Events of the episodes still in progress: give the leader the same bound.
     let settle = Instant::now();
     while settle.elapsed() < CONVERGENCE_LIMIT {
@@ -391,12 +466,32 @@ async fn main() {
     violations.extend(state.violations.iter().cloned());
     let (event_violations, episodes) = checker::judge_events(&state);
     violations.extend(event_violations);
+    let placed = checker::judge_placement(&state);
+    violations.extend(placed.violations.iter().cloned());
+    if placed.placed == 0 {
+        violations.push("no gated pod was placed: placement never worked".into());
+    }
     let terms = checker::terms(&state.lease);
     let requests = audit::read(&audit_log, &namespace);
     let granted = granted();
     let renew_deadline = LEASE_DURATION * 2 / 3;
     let judgement = audit::judge(&requests, &terms, renew_deadline, &granted);
     violations.extend(judgement.violations.iter().cloned());
+    // The placement's writes (patches of `place-` pods) are among the governed writes judged above.
+    let placement_writes: BTreeMap<&str, usize> = requests
+        .iter()
+        .filter(|r| {
+            audit::is_leader_write(&r.access)
+                && r.access.1 == "pods"
+                && r.name.starts_with(placement::POD_PREFIX)
+        })
+        .fold(BTreeMap::new(), |mut m, r| {
+            *m.entry(r.replica.as_str()).or_default() += 1;
+            m
+        });
+    if placement_writes.is_empty() {
+        violations.push("the audit log holds no patch of a placement pod by a replica".into());
+    }
     if requests.is_empty() {
         violations.push("the audit log holds no request of the replicas".into());
     }
@@ -423,14 +518,15 @@ async fn main() {
     .unwrap();
     writeln!(
         r,
-        "Replay: `scripts/soak{} --seed {seed}`. {} nodes ({} Windows with pods, {} Linux, {} Windows joining and leaving), {} pods, three replicas (`--leader-elect --lease-duration {}s --force-conflicts`), each its own ServiceAccount with exactly the rights of manifests/base.\n",
+        "Replay: `scripts/soak{} --seed {seed}`. {} nodes ({} Windows with pods, {} Linux, {} Windows joining and leaving), {} pods, three replicas (`--leader-elect --lease-duration {}s --force-conflicts`), each its own ServiceAccount with exactly the rights of manifests/base and manifests/components/placement; the placement policy on, Windows pods of {} test images on loopback registries.\n",
         if args.long { " --long" } else { "" },
         sizes.windows + sizes.linux + sizes.ephemeral,
         sizes.windows,
         sizes.linux,
         sizes.ephemeral,
         sizes.pods,
-        LEASE_DURATION.as_secs()
+        LEASE_DURATION.as_secs(),
+        placement::IMAGES.len()
     )
     .unwrap();
     writeln!(
@@ -461,6 +557,14 @@ async fn main() {
         "### Background churn\n\n{} actions ({} failed during faults): {} kernelVersion changes, {} nodes joined, {} left, our label deleted by hand {} times and overwritten {} times, {} pod failures started, {} recovered.\n",
         stats.actions.load(o), stats.errors.load(o), stats.kernel_changes.load(o), stats.joins.load(o), stats.leaves.load(o),
         stats.label_deletes.load(o), stats.label_overwrites.load(o), stats.pod_failures.load(o), stats.pod_recoveries.load(o)
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "### Placement churn\n\n{} Windows pods created ({:.1}/s, each deleted after {:?}): {} admitted gated, {} ungated (the policy not loaded yet after a kube-apiserver restart), {} deleted, {} requests failed during faults.\n",
+        placement_stats.created.load(o), sizes.placement_rate, sizes.placement_keep,
+        placement_stats.created_gated.load(o), placement_stats.created_ungated.load(o),
+        placement_stats.deleted.load(o), placement_stats.errors.load(o)
     )
     .unwrap();
     let latencies: Vec<f64> = state.latencies.iter().map(|(_, l)| *l).collect();
@@ -512,6 +616,36 @@ async fn main() {
     .unwrap();
     writeln!(
         r,
+        "| pods gated / placed (selection judged; of them off every node, no build runs all their images) / deleted before placed / still gated | {} / {} ({}) / {} / {} |",
+        placed.gated, placed.placed, placed.nowhere, placed.deleted_while_gated, placed.still_gated
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| gate to placed (checker's view), p50 / p99 / max | {:.2} / {:.2} / {:.2} s |",
+        percentile(&placed.gate_to_placed, 0.5),
+        percentile(&placed.gate_to_placed, 0.99),
+        percentile(&placed.gate_to_placed, 1.0)
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| placed with a selection where an image does not run | {} |",
+        placed
+            .violations
+            .iter()
+            .filter(|v| !v.contains("still gated"))
+            .count()
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| every gated pod placed after the last fault (limit 30 s) | {} |",
+        all_placed.map_or("no".into(), |t| format!("{:.1} s", t.as_secs_f64()))
+    )
+    .unwrap();
+    writeln!(
+        r,
         "| leader terms / Lease transitions | {} / {transitions} |",
         terms.len()
     )
@@ -527,6 +661,16 @@ async fn main() {
         "| leader writes by replica (nodes, pods, events) | {} |",
         judgement
             .writes_by_replica
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+    .unwrap();
+    writeln!(
+        r,
+        "| placement writes (patches of gated pods) by replica | {} |",
+        placement_writes
             .iter()
             .map(|(k, v)| format!("{k}: {v}"))
             .collect::<Vec<_>>()

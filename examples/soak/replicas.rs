@@ -28,6 +28,9 @@ pub struct Flags {
     pub selector: String,
     pub namespace: String,
     pub lease_duration: Duration,
+    /// The plain-HTTP test registry (`--registry-insecure`) and the TLS one's CA (`--registry-ca-file`).
+    pub registry_insecure: String,
+    pub registry_ca: String,
 }
 
 impl Replica {
@@ -77,7 +80,9 @@ impl Replica {
             .args(["--pod-name", &self.identity()])
             // Labels overwritten by hand are taken back, so every node converges (docs/labels.md).
             .arg("--force-conflicts")
-            .arg("--placement=false")
+            // Placement on (the default), reading the test registries.
+            .args(["--registry-insecure", &flags.registry_insecure])
+            .args(["--registry-ca-file", &flags.registry_ca])
             .env("KUBECONFIG", &self.kubeconfig)
             .stdout(Stdio::null())
             .stderr(log)

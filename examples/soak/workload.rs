@@ -127,6 +127,9 @@ pub struct Sizes {
     pub pods: usize,
     /// Churn actions per second.
     pub rate: f64,
+    /// New Windows pods (gated by the placement policy) per second, each deleted after `placement_keep`.
+    pub placement_rate: f64,
+    pub placement_keep: Duration,
 }
 
 /// What the churn knows of the cluster (its own writes; the checker judges from what it sees).

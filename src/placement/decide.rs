@@ -291,7 +291,8 @@ fn release(
 }
 
 /// The merge patch that releases the pod: the resourceVersion read (so a pod changed since is read again,
-/// never overwritten: 409), the required node affinity with `key In values` added to each existing term
+/// never overwritten: 409), the required node affinity with `key In values` (with no values: `key Exists`
+/// and `key DoesNotExist`, which no node matches) added to each existing term
 /// (the only change the API server accepts on a gated pod's affinity) or as the one term, and the
 /// scheduling gates without ours (other gates stay, in their order). Lists are replaced whole by a merge
 /// patch, so each carries everything it keeps.
@@ -309,10 +310,23 @@ pub fn release_patch(pod: &Pod, key: &str, values: Option<&[String]>) -> Value {
         "spec": {"schedulingGates": gates},
     });
     if let Some(values) = values {
-        let requirement = NodeSelectorRequirement {
-            key: key.to_owned(),
-            operator: "In".to_owned(),
-            values: Some(values.to_vec()),
+        let requirements = if values.is_empty() {
+            // No Windows build runs every image (e.g. an ltsc2019 init container beside an ltsc2022 app):
+            // the API server refuses `In` without values, so the pod gets the pair that no node matches,
+            // and waits Pending as NoCompatibleNode says, instead of starting where it cannot run.
+            ["Exists", "DoesNotExist"]
+                .map(|operator| NodeSelectorRequirement {
+                    key: key.to_owned(),
+                    operator: operator.to_owned(),
+                    values: None,
+                })
+                .to_vec()
+        } else {
+            vec![NodeSelectorRequirement {
+                key: key.to_owned(),
+                operator: "In".to_owned(),
+                values: Some(values.to_vec()),
+            }]
         };
         let mut terms: Vec<NodeSelectorTerm> = spec
             .affinity
@@ -326,7 +340,7 @@ pub fn release_patch(pod: &Pod, key: &str, values: Option<&[String]>) -> Value {
         for term in &mut terms {
             term.match_expressions
                 .get_or_insert_with(Vec::new)
-                .push(requirement.clone());
+                .extend(requirements.iter().cloned());
         }
         patch["spec"]["affinity"] = json!({"nodeAffinity": {
             "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": terms}
@@ -581,6 +595,54 @@ mod tests {
             terms(&patched(&pod, &r.patch))[0]["matchExpressions"][0]["values"],
             json!(["26100", "26200"])
         );
+    }
+
+    /// Found by the soak (seed 42): an ltsc2019 init container beside an ltsc2022 app has no common build,
+    /// and `osbuild In []` was refused by the API server (422 "values: Required value"), so the pod was
+    /// released without any constraint, to start where it cannot run. It must wait Pending instead.
+    #[test]
+    fn images_no_build_runs_together_keep_the_pod_off_every_node() {
+        let pod = pod(json!({
+            "initContainers": [{"name": "i", "image": "reg/init:1"}],
+            "containers": [{"name": "c", "image": "reg/app:1"}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]},
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["b"]}]}]}}},
+            "schedulingGates": [{"name": GATE}],
+        }));
+        let images = [
+            ok(image(
+                ImageKind::Index,
+                &[("windows", Some("10.0.17763.6293"))],
+            )),
+            ok(image(
+                ImageKind::Index,
+                &[("windows", Some("10.0.20348.2655"))],
+            )),
+        ];
+        let r = released(decide_with(&pod, &images, &hosts(), false));
+        assert_eq!(r.outcome, Outcome::NoCompatibleNode);
+        assert_eq!(r.reason, NO_COMPATIBLE_NODE);
+        assert!(r.warning);
+        assert_eq!(r.values.as_deref(), Some(&[][..]));
+        assert!(
+            r.note.contains("no Windows build runs every image"),
+            "{}",
+            r.note
+        );
+        let doc = patched(&pod, &r.patch);
+        for (i, term) in terms(&doc).as_array().unwrap().iter().enumerate() {
+            let zone = if i == 0 { "a" } else { "b" };
+            assert_eq!(
+                term["matchExpressions"],
+                json!([
+                    {"key": "zone", "operator": "In", "values": [zone]},
+                    {"key": KEY, "operator": "Exists"},
+                    {"key": KEY, "operator": "DoesNotExist"},
+                ])
+            );
+        }
+        assert_eq!(doc["spec"]["schedulingGates"], json!([]));
     }
 
     #[test]

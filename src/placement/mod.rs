@@ -52,6 +52,8 @@ enum Applied {
     /// The API server refused the change itself (422): retrying the same patch cannot help.
     Invalid(String),
     Failed,
+    /// No longer the leader (e.g. paused past its lease while it read the images): nothing written.
+    NotLeader,
 }
 
 /// The placement loop's own options.
@@ -269,6 +271,8 @@ async fn place(
                 }
                 match apply(shared, &api, &pod, &release, gated_at).await {
                     Applied::Done => return,
+                    // The loop's top waits for leadership, then reads the pod again.
+                    Applied::NotLeader => {}
                     // Changed since we read it (kube-scheduler marks a new gated pod SchedulingGated right
                     // after its creation): read it again at once; the images are cached by now.
                     Applied::Conflict if conflicts < MAX_CONFLICTS => conflicts += 1,
@@ -301,6 +305,11 @@ async fn apply(
     release: &Release,
     gated_at: SystemTime,
 ) -> Applied {
+    // Leadership is checked at each write (leadership.rs), not only before reading the images: a leader
+    // paused meanwhile wakes up past its lease, and must not patch.
+    if !shared.may_write() {
+        return Applied::NotLeader;
+    }
     let name = pod.name_any();
     match api
         .patch(
