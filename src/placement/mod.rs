@@ -38,6 +38,11 @@ use gauge::{GatedPods, PlacementCollector};
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
 pub const CONTROLLER: &str = "placement";
 pub const GATED_PODS_WATCH: &str = "placement-pods";
+/// The placement watch sees only pods not bound to a node. Every gated pod is one: the API server refuses
+/// a pod with both `spec.nodeName` and scheduling gates, and refuses to bind a pod that still has gates.
+/// Bound pods (nearly all pods of a cluster) are never sent, so a restart does not stream them a second
+/// time (the detector watches them all); a pod bound after it was watched leaves as a `Delete`.
+pub const UNBOUND_PODS: &str = "spec.nodeName=";
 /// Pods placed at once; the others wait their turn.
 const CONCURRENCY: usize = 32;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -106,7 +111,8 @@ impl gauge::Deadline for Context {
     }
 }
 
-/// Watches pods; each gated pod gets one task that places it (or waits for leadership to do so).
+/// Watches the pods not bound yet ([`UNBOUND_PODS`]); each gated pod gets one task that places it (or waits
+/// for leadership to do so).
 async fn run(
     context: Arc<Context>,
     pods: Api<Pod>,
@@ -122,7 +128,7 @@ async fn run(
     let mut events = pin!(
         initial_state_watcher(
             pods,
-            watcher::Config::default(),
+            watcher::Config::default().fields(UNBOUND_PODS),
             shared.initial_list,
             GATED_PODS_WATCH
         )
