@@ -246,17 +246,18 @@ async fn place(
         };
         let reading = std::time::Instant::now();
         let images = resolve_images(context, &pod).await;
-        let hosts = cluster_hosts(shared);
         let isolation = isolation(shared, &pod).await;
         tracing::debug!(took = ?reading.elapsed(), since_gated = ?SystemTime::now().duration_since(gated_at).unwrap_or_default(), "read the pod's images");
         let gated_for = SystemTime::now()
             .duration_since(created(&pod))
             .unwrap_or_default();
+        // The hosts (one entry per Windows node: ~0.6 MiB at 4,500 nodes) live only for the pure decision,
+        // never across an await: up to CONCURRENCY pods are placed at once, each waiting on the API server.
         let decision = decide(&Inputs {
             pod: &pod,
             images: &images,
             isolation,
-            hosts: &hosts,
+            hosts: &cluster_hosts(shared),
             deadline_passed: gated_for >= context.deadline,
             osbuild_key: shared.keys.osbuild(),
         });
