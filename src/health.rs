@@ -1,8 +1,14 @@
 //! Liveness and readiness state shared by the loops and the HTTP server.
 //!
-//! Readiness means "this replica's view of the cluster is current": the Node watch has synced and its last
-//! attempt did not fail, and we are not shutting down. Liveness means every long-running loop is still
-//! running; a loop that ends while the process is not shutting down is a bug the kubelet should restart.
+//! Readiness means "this replica's view of the cluster is current": every registered watch has delivered its
+//! whole initial state once (its `InitDone`: the streamed state's end bookmark, or the last list page) and
+//! its last attempt did not fail, and we are not shutting down. The watches are `nodes`, `pods`,
+//! `pod-sandbox-events` and, with `--placement`, `placement-pods` (unbound pods only); the pod watches start
+//! once the Node index has synced, so on a start every pod of the cluster has been judged once against a
+//! complete index before `/readyz` answers 200. Our own Events' watch (`published-events`) and the audit's
+//! are not part of readiness. Readiness says nothing about writes: reconciles and Events may still be in
+//! flight. Liveness means every long-running loop is still running; a loop that ends while the process is
+//! not shutting down is a bug the kubelet should restart.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};

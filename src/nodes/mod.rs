@@ -12,7 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::Node;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
@@ -45,7 +44,9 @@ pub struct NodeOptions {
 /// What every reconcile shares.
 pub struct NodeContext {
     shared: Arc<Shared>,
-    api: Api<Node>,
+    /// Nodes as the index decodes them: the apply's answer (a whole Node, ~20 KiB of JSON) is not read, so
+    /// it is not built either.
+    api: Api<IndexedNode>,
     options: NodeOptions,
     conflicts: Conflicts,
 }

@@ -38,6 +38,11 @@ use gauge::{GatedPods, PlacementCollector};
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
 pub const CONTROLLER: &str = "placement";
 pub const GATED_PODS_WATCH: &str = "placement-pods";
+/// The placement watch sees only pods not bound to a node. Every gated pod is one: the API server refuses
+/// a pod with both `spec.nodeName` and scheduling gates, and refuses to bind a pod that still has gates.
+/// Bound pods (nearly all pods of a cluster) are never sent, so a restart does not stream them a second
+/// time (the detector watches them all); a pod bound after it was watched leaves as a `Delete`.
+pub const UNBOUND_PODS: &str = "spec.nodeName=";
 /// Pods placed at once; the others wait their turn.
 const CONCURRENCY: usize = 32;
 const FIRST_RETRY: Duration = Duration::from_millis(250);
@@ -108,7 +113,8 @@ impl gauge::Deadline for Context {
     }
 }
 
-/// Watches pods; each gated pod gets one task that places it (or waits for leadership to do so).
+/// Watches the pods not bound yet ([`UNBOUND_PODS`]); each gated pod gets one task that places it (or waits
+/// for leadership to do so).
 async fn run(
     context: Arc<Context>,
     pods: Api<Pod>,
@@ -124,7 +130,7 @@ async fn run(
     let mut events = pin!(
         initial_state_watcher(
             pods,
-            watcher::Config::default(),
+            watcher::Config::default().fields(UNBOUND_PODS),
             shared.initial_list,
             GATED_PODS_WATCH
         )
@@ -242,17 +248,18 @@ async fn place(
         };
         let reading = std::time::Instant::now();
         let images = resolve_images(context, &pod).await;
-        let hosts = cluster_hosts(shared);
         let isolation = isolation(shared, &pod).await;
         tracing::debug!(took = ?reading.elapsed(), since_gated = ?SystemTime::now().duration_since(gated_at).unwrap_or_default(), "read the pod's images");
         let gated_for = SystemTime::now()
             .duration_since(created(&pod))
             .unwrap_or_default();
+        // The hosts (one entry per Windows node: ~0.6 MiB at 4,500 nodes) live only for the pure decision,
+        // never across an await: up to CONCURRENCY pods are placed at once, each waiting on the API server.
         let decision = decide(&Inputs {
             pod: &pod,
             images: &images,
             isolation,
-            hosts: &hosts,
+            hosts: &cluster_hosts(shared),
             deadline_passed: gated_for >= context.deadline,
             osbuild_key: shared.keys.osbuild(),
         });

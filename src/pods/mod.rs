@@ -6,12 +6,13 @@
 //! decides what to flag and clear, [`ambiguous`] decides containerd's ambiguous pull error from the image's
 //! platforms. This module is the driver: it feeds watch events in, reads the images of ambiguous pull
 //! errors from their registries (cached), and carries the effects out. It reads the Node index and never
-//! the node controller.
+//! the node controller. Pods are decoded as [`watched::WatchedPod`]s: only the fields the decisions read.
 
 pub mod ambiguous;
 pub mod detect;
 pub mod episodes;
 pub mod remedy;
+pub mod watched;
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch, probe_failing_watch};
 use detect::{SANDBOX_EVENT_REASON, sandbox_failure};
 use episodes::{Effect, Episodes, Flag, PodRef};
+use watched::WatchedPod;
 
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
 pub const CONTROLLER: &str = "pod-detector";
@@ -64,7 +66,7 @@ pub fn start(
     let registry = Registry::new(options.registry.clone())?
         .observe_requests(shared.metrics.registry_request_duration.clone());
     let client = shared.client.clone();
-    let (pods, events): (Api<Pod>, Api<CoreEvent>) = match &options.namespace {
+    let (pods, events): (Api<WatchedPod>, Api<CoreEvent>) = match &options.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
             Api::namespaced(client, ns),
@@ -111,7 +113,7 @@ pub fn start(
 
 enum Input {
     // Boxed: objects are large, and only the pointer moves through the merged stream.
-    Pod(Box<Result<watcher::Event<Pod>, watcher::Error>>),
+    Pod(Box<Result<watcher::Event<WatchedPod>, watcher::Error>>),
     Sandbox(Box<Result<watcher::Event<CoreEvent>, watcher::Error>>),
     /// Our own OSVersionMismatch Events, published by whichever replica led.
     Published(Box<Result<watcher::Event<CoreEvent>, watcher::Error>>),
@@ -126,7 +128,7 @@ const REPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 async fn detect(
     shared: Arc<Shared>,
     (annotate, registry): (bool, Registry),
-    (pods, events, sandbox_events): (Api<Pod>, Api<CoreEvent>, watcher::Config),
+    (pods, events, sandbox_events): (Api<WatchedPod>, Api<CoreEvent>, watcher::Config),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut synced = shared.nodes_synced.clone();
@@ -185,7 +187,7 @@ async fn detect(
                         let confirmed = match &event {
                             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
                                 let reads = (&registry, &mut unreadable);
-                                confirm_ambiguous_pulls(&shared, reads, &episodes, pod).await
+                                confirm_ambiguous_pulls(&shared, reads, &episodes, pod.pod()).await
                             }
                             _ => Vec::new(),
                         };
@@ -242,7 +244,7 @@ async fn detect(
 fn on_pod_event(
     shared: &Shared,
     episodes: &mut Episodes,
-    event: watcher::Event<Pod>,
+    event: watcher::Event<WatchedPod>,
     confirmed: &[String],
 ) -> Vec<Effect> {
     match event {
@@ -251,12 +253,13 @@ fn on_pod_event(
             Vec::new()
         }
         watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+            let pod = pod.pod();
             let facts = pod
                 .spec
                 .as_ref()
                 .and_then(|s| s.node_name.as_deref())
                 .and_then(|node| shared.node_facts(node));
-            episodes.pod_observed_confirmed(&pod, facts.as_ref(), confirmed)
+            episodes.pod_observed_confirmed(pod, facts.as_ref(), confirmed)
         }
         watcher::Event::Delete(pod) => episodes.pod_deleted(&pod.uid().unwrap_or_default()),
         watcher::Event::InitDone => episodes.relist_done(),
