@@ -14,7 +14,8 @@ use std::borrow::Cow;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState, ContainerStatus, LocalObjectReference, Pod, PodSpec, PodStatus,
+    Container, ContainerState, ContainerStatus, LocalObjectReference, Pod, PodCondition, PodSpec,
+    PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use kube::Resource;
@@ -22,8 +23,8 @@ use serde::Deserialize;
 
 /// A Pod with only the fields the detector reads: name, namespace, uid, resourceVersion (the watch resumes
 /// from it) and deletionTimestamp; spec.nodeName, each container's and init container's name and image,
-/// imagePullSecrets and serviceAccountName; status.phase and each (init) container status's name, image,
-/// state and lastState. `Api<WatchedPod>` reads `/api/v1/pods`.
+/// imagePullSecrets and serviceAccountName; status.phase, the `ContainersReady` condition (when an episode
+/// began: `detect::not_ready_since`) and each (init) container status's name, image, state and lastState. `Api<WatchedPod>` reads `/api/v1/pods`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(from = "WirePod")]
 pub struct WatchedPod(Pod);
@@ -100,6 +101,7 @@ struct WireContainer {
 #[serde(rename_all = "camelCase")]
 struct WireStatus {
     phase: Option<String>,
+    conditions: Option<Vec<WireCondition>>,
     container_statuses: Option<Vec<WireContainerStatus>>,
     init_container_statuses: Option<Vec<WireContainerStatus>>,
 }
@@ -111,6 +113,30 @@ struct WireContainerStatus {
     image: Option<String>,
     state: Option<ContainerState>,
     last_state: Option<ContainerState>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WireCondition {
+    #[serde(rename = "type")]
+    type_: Option<String>,
+    status: Option<String>,
+    last_transition_time: Option<Time>,
+}
+
+/// Only `ContainersReady` is read; the other conditions are dropped here.
+fn containers_ready(conditions: Option<Vec<WireCondition>>) -> Option<Vec<PodCondition>> {
+    let kept: Vec<PodCondition> = conditions?
+        .into_iter()
+        .filter(|c| c.type_.as_deref() == Some("ContainersReady"))
+        .map(|c| PodCondition {
+            type_: c.type_.unwrap_or_default(),
+            status: c.status.unwrap_or_default(),
+            last_transition_time: c.last_transition_time,
+            ..PodCondition::default()
+        })
+        .collect();
+    (!kept.is_empty()).then_some(kept)
 }
 
 impl From<WireContainer> for Container {
@@ -161,6 +187,7 @@ impl From<WirePod> for WatchedPod {
         });
         let status = wire.status.map(|s| PodStatus {
             phase: s.phase,
+            conditions: containers_ready(s.conditions),
             container_statuses: convert(s.container_statuses),
             init_container_statuses: convert(s.init_container_statuses),
             ..PodStatus::default()
@@ -177,7 +204,9 @@ impl From<WirePod> for WatchedPod {
 mod tests {
     use super::*;
     use crate::pods::ambiguous::ambiguous_pulls;
-    use crate::pods::detect::{active_failures, main_image, pulls_failing, sandbox_recovered};
+    use crate::pods::detect::{
+        active_failures, main_image, not_ready_since, pulls_failing, sandbox_recovered,
+    };
     use crate::pods::episodes::PodRef;
     use serde_json::{Value, json};
 
@@ -224,7 +253,10 @@ mod tests {
             },
             "status": {
                 "phase": "Pending",
-                "conditions": [{"type": "Initialized", "status": "True", "lastTransitionTime": "2026-11-23T00:00:05Z"}],
+                "conditions": [{"type": "Initialized", "status": "True", "lastTransitionTime": "2026-11-23T00:00:05Z"},
+                               {"type": "ContainersReady", "status": "False", "reason": "ContainersNotReady",
+                                "message": "containers with unready status: [app logger]", "lastProbeTime": null,
+                                "lastTransitionTime": "2026-11-23T00:00:06Z"}],
                 "hostIP": "10.240.0.4", "podIP": "10.244.1.7", "qosClass": "Burstable",
                 "startTime": "2026-11-23T00:00:01Z",
                 "initContainerStatuses": [{"name": "init", "image": "example.azurecr.io/init:ltsc2022", "imageID": "",
@@ -259,6 +291,7 @@ mod tests {
             "ambiguous": format!("{:?}", ambiguous_pulls(pod)),
             "main_image": main_image(pod),
             "sandbox_recovered": sandbox_recovered(pod),
+            "not_ready_since": format!("{:?}", not_ready_since(pod)),
             "pull_secrets": format!("{:?}", spec.image_pull_secrets),
             "service_account": spec.service_account_name,
         })
@@ -280,11 +313,18 @@ mod tests {
                 .contains("web:ltsc2022")
         );
         assert_eq!(expected["terminating"], json!(true));
+        assert!(
+            expected["not_ready_since"]
+                .as_str()
+                .unwrap()
+                .contains("2026-11-23T00:00:06Z")
+        );
         // Whatever else the pod had is not built.
         assert!(watched.pod().metadata.labels.is_none());
         assert!(watched.pod().metadata.managed_fields.is_none());
         assert!(watched.pod().spec.as_ref().unwrap().volumes.is_none());
-        assert!(watched.pod().status.as_ref().unwrap().conditions.is_none());
+        let conditions = watched.pod().status.as_ref().unwrap().conditions.as_ref();
+        assert_eq!(conditions.unwrap().len(), 1, "only ContainersReady is kept");
     }
 
     #[test]
