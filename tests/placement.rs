@@ -13,9 +13,8 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -27,75 +26,18 @@ use kube::{Api, Client, Config};
 use serde_json::{Value, json};
 use support::{Controller, RUN_LABEL, TIMEOUT, TestEnv, consistently, eventually, registries};
 
-const GATE: &str = "osbuild-controller.io/image-os";
+const GATE: &str = support::PLACEMENT_GATE;
 const KEY: &str = "beta.kubernetes.io/osbuild";
 const OTHER_GATE: &str = "example.com/quota";
 const LTSC2019_HOSTS: &[&str] = &["17763"];
 const LTSC2022_HOSTS: &[&str] = &["20348", "22000", "22621", "22631", "25398", "26100"];
 const LTSC2025_HOSTS: &[&str] = &["26100", "26200"];
 
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(path)
-}
-
 // ------------------------------------------------------------------ the control plane and the policy
 
-/// The placement tests' own control plane, with the shipped manifests applied (once per test binary).
+/// The placement tests' own control plane, with the shipped manifests applied (the kit's, once per binary).
 fn kubeconfig() -> &'static Path {
-    static KUBECONFIG: OnceLock<PathBuf> = OnceLock::new();
-    KUBECONFIG.get_or_init(|| {
-        let path = match std::env::var_os("OSBUILD_PLACEMENT_KUBECONFIG").filter(|p| !p.is_empty()) {
-            Some(path) => PathBuf::from(path),
-            None => {
-                let output = Command::new(repo("scripts/control-plane"))
-                    .arg("up")
-                    .env("OSBUILD_CONTROL_PLANE_DIR", repo("target/placement-cp"))
-                    .env_remove("OSBUILD_ETCD_DATA_DIR")
-                    .stderr(Stdio::inherit())
-                    .output()
-                    .expect("run scripts/control-plane up");
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                let line = stdout.lines().last().unwrap_or_default();
-                match line.strip_prefix("KUBECONFIG=") {
-                    Some(path) if output.status.success() => PathBuf::from(path),
-                    _ => panic!("the placement control plane did not start (last line {line:?}); these tests never skip"),
-                }
-            }
-        };
-        // As a user installs it: kubectl, from manifests/ (the default install includes placement).
-        let rendered = kubectl(&path, &["kustomize", repo("manifests").to_str().unwrap()], "");
-        kubectl(
-            &path,
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            &rendered,
-        );
-        wait_for_policy(&path);
-        path
-    })
-}
-
-/// The API server loads a new policy asynchronously: wait until a Windows pod (a server-side dry run, so
-/// nothing is stored) comes back gated, or fail with what it returned.
-fn wait_for_policy(kubeconfig: &Path) {
-    let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "policy-probe", "namespace": "default"},
-        "spec": {"os": {"name": "windows"}, "containers": [{"name": "c", "image": "probe"}]}})
-    .to_string();
-    let start = std::time::Instant::now();
-    loop {
-        let out = kubectl(
-            kubeconfig,
-            &["create", "--dry-run=server", "-o", "json", "-f", "-"],
-            &probe,
-        );
-        if out.contains(GATE) {
-            return;
-        }
-        assert!(
-            start.elapsed() < TIMEOUT,
-            "the admission policy never gated a Windows pod: {out}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    support::placement_kubeconfig()
 }
 
 fn kubectl(kubeconfig: &Path, args: &[&str], stdin: &str) -> String {

@@ -1,8 +1,7 @@
 //! The control plane of the placement tests: the shipped manifests, with the cluster-wide placement
 //! MutatingAdmissionPolicy, applied with kubectl as a user installs them. Never the shared control plane:
 //! there the policy would gate every other test's Windows pods. `OSBUILD_PLACEMENT_KUBECONFIG` (set by
-//! `scripts/test`), else one started in `target/placement-cp` for this test process. (tests/placement.rs
-//! has its own copy of this, from before the kit had it.)
+//! `scripts/test`), else one started in `target/placement-cp` for this test process.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
