@@ -26,6 +26,12 @@ pub fn api_error_category(err: &kube::Error) -> &'static str {
     }
 }
 
+/// Whether an API error of this category may pass by itself (throttled, unreachable, a server error), so
+/// the same read is worth trying again; the others (forbidden, not found, invalid) stay until someone acts.
+pub fn may_pass(category: &str) -> bool {
+    matches!(category, "throttled" | "unreachable" | "server_error")
+}
+
 fn status_category(code: u16) -> &'static str {
     match code {
         401 => "unauthorized",

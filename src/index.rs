@@ -105,7 +105,6 @@ pub fn watch_nodes(
     let (synced_tx, synced_rx) = tokio::sync::watch::channel(false);
     let trim_keys = keys.clone();
     let stream = initial_state_watcher(api, config, strategy, NODE_WATCH)
-        .default_backoff()
         .map(move |event| {
             observe_watch(&health, &metrics, NODE_WATCH, &event);
             if let Ok(watcher::Event::InitDone) = event {

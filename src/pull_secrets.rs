@@ -16,6 +16,14 @@ pub struct Skipped {
     pub detail: String,
 }
 
+impl Skipped {
+    /// The read failed in a way that may pass (throttled, unreachable, a server error): the secret may
+    /// well exist and be valid. Missing, forbidden or malformed secrets stay so until someone acts.
+    pub fn may_pass(&self) -> bool {
+        crate::events::may_pass(self.category)
+    }
+}
+
 /// The keyring of a pod spec in `namespace`, and the secrets that were skipped.
 pub async fn keyring(client: &Client, namespace: &str, spec: &PodSpec) -> (Keyring, Vec<Skipped>) {
     let mut skipped = Vec::new();

@@ -84,8 +84,21 @@ pub struct Inputs<'a> {
     pub hosts: &'a [ClusterHost],
     /// The pod has been gated longer than `--placement-deadline`.
     pub deadline_passed: bool,
+    /// Reads of the pod's own objects that failed in a way that may pass (throttled, unreachable, a server
+    /// error): without them the decision may be wrong, so they are retried like a registry timeout.
+    pub unread: Unread<'a>,
     /// The osbuild label key (`--osbuild-label`).
     pub osbuild_key: &'a str,
+}
+
+/// What could not be read about the pod this time, and may be readable next time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unread<'a> {
+    /// Its pull secrets or its ServiceAccount (`secret NAME: CATEGORY`). Without them a private image
+    /// answers "unauthorized", which no retry of the registry alone can mend.
+    pub pull_secrets: &'a [String],
+    /// Its RuntimeClass: the isolation (process or Hyper-V) decides which hosts run an image.
+    pub runtime_class: Option<&'a str>,
 }
 
 /// The decision for one gated pod.
@@ -120,11 +133,32 @@ pub fn decide(inputs: &Inputs<'_>) -> Decision {
         .iter()
         .filter_map(|i| i.result.as_ref().err())
         .collect();
+    // The pull secrets matter only when an image could not be read; the RuntimeClass always does.
+    let unread: Vec<String> = inputs
+        .unread
+        .runtime_class
+        .map(|class| format!("runtimeclass {class}"))
+        .into_iter()
+        .chain(
+            inputs
+                .unread
+                .pull_secrets
+                .iter()
+                .filter(|_| !failed.is_empty())
+                .cloned(),
+        )
+        .collect();
+    let may_pass = !unread.is_empty() || failed.iter().any(|e| e.kind.is_transient());
+    if may_pass && !inputs.deadline_passed {
+        let errors = failed
+            .iter()
+            .map(ToString::to_string)
+            .chain(unread)
+            .collect();
+        return Decision::Retry { errors };
+    }
     if !failed.is_empty() {
         let errors: Vec<String> = failed.iter().map(ToString::to_string).collect();
-        if !inputs.deadline_passed && failed.iter().any(|e| e.kind.is_transient()) {
-            return Decision::Retry { errors };
-        }
         let why = if inputs.deadline_passed {
             "the placement deadline passed"
         } else {
@@ -439,6 +473,7 @@ mod tests {
             hosts,
             deadline_passed: late,
             osbuild_key: KEY,
+            unread: Unread::default(),
         })
     }
 
@@ -645,6 +680,88 @@ mod tests {
         assert_eq!(doc["spec"]["schedulingGates"], json!([]));
     }
 
+    fn decide_unread(
+        pod: &Pod,
+        images: &[ImageResult],
+        unread: Unread<'_>,
+        late: bool,
+    ) -> Decision {
+        decide(&Inputs {
+            pod,
+            images,
+            isolation: Isolation::Process,
+            hosts: &hosts(),
+            deadline_passed: late,
+            osbuild_key: KEY,
+            unread,
+        })
+    }
+
+    #[test]
+    fn a_refused_image_waits_while_its_pull_secret_could_not_be_read() {
+        // Found by the soak: reading the pod's pull secret was throttled (429), so its private image was read
+        // anonymously, answered 401, and the pod was released without a host constraint.
+        let pod = gated();
+        let images = [failed(ErrorKind::Unauthorized)];
+        let secrets = ["secret pull: throttled".to_owned()];
+        let unread = Unread {
+            pull_secrets: &secrets,
+            runtime_class: None,
+        };
+        // Positive control: with every secret read, a refusal is final.
+        let final_ = released(decide_unread(&pod, &images, Unread::default(), false));
+        assert_eq!(final_.outcome, Outcome::ImageOsUnknown);
+        match decide_unread(&pod, &images, unread, false) {
+            Decision::Retry { errors } => assert!(
+                errors.iter().any(|e| e.contains("secret pull: throttled")),
+                "{errors:?}"
+            ),
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        // Never gated forever: the deadline still frees it.
+        let late = released(decide_unread(&pod, &images, unread, true));
+        assert_eq!(late.outcome, Outcome::ImageOsUnknown);
+    }
+
+    #[test]
+    fn an_unread_pull_secret_does_not_hold_images_that_were_read() {
+        let pod = gated();
+        let images = [ok(image(
+            ImageKind::Index,
+            &[("windows", Some("10.0.20348.2655"))],
+        ))];
+        let secrets = ["serviceaccount default: throttled".to_owned()];
+        let unread = Unread {
+            pull_secrets: &secrets,
+            runtime_class: None,
+        };
+        let r = released(decide_unread(&pod, &images, unread, false));
+        assert_eq!(r.outcome, Outcome::Placed);
+    }
+
+    #[test]
+    fn an_unread_runtime_class_waits_until_the_deadline() {
+        let pod = gated();
+        let images = [ok(image(
+            ImageKind::Index,
+            &[("windows", Some("10.0.17763.6054"))],
+        ))];
+        let unread = Unread {
+            pull_secrets: &[],
+            runtime_class: Some("hyperv: throttled"),
+        };
+        match decide_unread(&pod, &images, unread, false) {
+            Decision::Retry { errors } => {
+                assert_eq!(errors, ["runtimeclass hyperv: throttled"]);
+            }
+            other => panic!("expected a retry, got {other:?}"),
+        }
+        // After the deadline, as process isolation (the narrower set of hosts).
+        let r = released(decide_unread(&pod, &images, unread, true));
+        assert_eq!(r.outcome, Outcome::Placed);
+        assert_eq!(r.values.as_deref().unwrap(), ["17763"]);
+    }
+
     #[test]
     fn transient_errors_wait_until_the_deadline_then_free_the_pod() {
         let pod = gated();
@@ -696,6 +813,7 @@ mod tests {
             hosts: &hosts(),
             deadline_passed: false,
             osbuild_key: KEY,
+            unread: Unread::default(),
         }));
         let values = r.values.unwrap();
         assert!(

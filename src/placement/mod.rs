@@ -1,8 +1,9 @@
 //! The placement loop: pods the admission policy gated (`osbuild-controller.io/image-os`) are placed on
 //! hosts that run their images. For each gated pod: read every image from its registry (with the pod's and
 //! its ServiceAccount's pull secrets), [`decide::decide`], then one merge patch that adds the node affinity
-//! and removes our gate, and an Event. Registry errors that may pass are retried with backoff until
-//! `--placement-deadline`; then the pod is released without affinity. Only the leader writes; every
+//! and removes our gate, and an Event. Registry errors that may pass, and reads of the pod's pull secrets or
+//! RuntimeClass that may pass, are retried with backoff until `--placement-deadline`; then the pod is
+//! released without affinity. Only the leader writes; every
 //! replica tracks the gated pods, so a new leader picks up where the old one stopped.
 
 pub mod decide;
@@ -20,7 +21,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +33,7 @@ use crate::registry::{Freshness, Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch};
-use decide::{ClusterHost, Decision, ImageResult, Inputs, Release, decide, has_gate};
+use decide::{ClusterHost, Decision, ImageResult, Inputs, Release, Unread, decide, has_gate};
 use gauge::{GatedPods, PlacementCollector};
 
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
@@ -134,7 +135,6 @@ async fn run(
             shared.initial_list,
             GATED_PODS_WATCH
         )
-        .default_backoff()
         .take_until(shutdown.clone().cancelled_owned())
     );
     let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
@@ -247,8 +247,8 @@ async fn place(
             }
         };
         let reading = std::time::Instant::now();
-        let images = resolve_images(context, &pod).await;
-        let isolation = isolation(shared, &pod).await;
+        let (images, unread_secrets) = resolve_images(context, &pod).await;
+        let (isolation, unread_class) = isolation(shared, &pod).await;
         tracing::debug!(took = ?reading.elapsed(), since_gated = ?SystemTime::now().duration_since(gated_at).unwrap_or_default(), "read the pod's images");
         let gated_for = SystemTime::now()
             .duration_since(created(&pod))
@@ -262,12 +262,16 @@ async fn place(
             hosts: &cluster_hosts(shared),
             deadline_passed: gated_for >= context.deadline,
             osbuild_key: shared.keys.osbuild(),
+            unread: Unread {
+                pull_secrets: &unread_secrets,
+                runtime_class: unread_class.as_deref(),
+            },
         });
         match decision {
             Decision::NotGated => return,
             Decision::Retry { errors } => {
                 let left = context.deadline.saturating_sub(gated_for);
-                tracing::info!(?errors, retry_in = ?retry.min(left), "registry errors; retrying until the deadline");
+                tracing::info!(?errors, retry_in = ?retry.min(left), "registry or API errors that may pass; retrying until the deadline");
                 tokio::time::sleep(retry.min(left).max(Duration::from_millis(50))).await;
                 retry = (retry * 2).min(MAX_RETRY);
             }
@@ -386,9 +390,9 @@ async fn apply(
 }
 
 /// Every container and init container image, read with the pod's pull secrets; `imagePullPolicy: Always`
-/// reads the registry again.
-async fn resolve_images(context: &Context, pod: &Pod) -> Vec<ImageResult> {
-    let keyring = pull_secrets::keyring(&context.shared, pod).await;
+/// reads the registry again. Also the pull secrets that could not be read but may be next time.
+async fn resolve_images(context: &Context, pod: &Pod) -> (Vec<ImageResult>, Vec<String>) {
+    let (keyring, unread) = pull_secrets::keyring(&context.shared, pod).await;
     let spec = pod.spec.clone().unwrap_or_default();
     let mut seen = HashMap::new();
     for container in spec
@@ -429,7 +433,7 @@ async fn resolve_images(context: &Context, pod: &Pod) -> Vec<ImageResult> {
         results.push(ImageResult { image, result });
     }
     results.sort_by(|a, b| a.image.cmp(&b.image));
-    results
+    (results, unread)
 }
 
 /// The Windows nodes of the cluster with a known build.
@@ -450,25 +454,26 @@ fn cluster_hosts(shared: &Shared) -> Vec<ClusterHost> {
 }
 
 /// Hyper-V when the pod's RuntimeClass handler is containerd's Hyper-V runtime (`runhcs-wcow-hypervisor`,
-/// or any handler naming Hyper-V); process isolation otherwise, and when the RuntimeClass cannot be read.
-async fn isolation(shared: &Shared, pod: &Pod) -> Isolation {
+/// or any handler naming Hyper-V); process isolation otherwise. When the RuntimeClass cannot be read, process
+/// isolation (the narrower set of hosts), and what failed if it may pass: the decision waits for it.
+async fn isolation(shared: &Shared, pod: &Pod) -> (Isolation, Option<String>) {
     let Some(class) = pod
         .spec
         .as_ref()
         .and_then(|s| s.runtime_class_name.as_deref())
     else {
-        return Isolation::Process;
+        return (Isolation::Process, None);
     };
     let api: Api<RuntimeClass> = Api::all(shared.client.clone());
     match api.get_opt(class).await {
-        Ok(Some(rc)) if is_hyperv_handler(&rc.handler) => Isolation::HyperV,
-        Ok(_) => Isolation::Process,
+        Ok(Some(rc)) if is_hyperv_handler(&rc.handler) => (Isolation::HyperV, None),
+        Ok(_) => (Isolation::Process, None),
         Err(err) => {
-            shared
-                .metrics
-                .api_error(CONTROLLER, api_error_category(&err));
-            tracing::warn!(runtime_class = class, error = %err, "cannot read the RuntimeClass; assuming process isolation");
-            Isolation::Process
+            let category = api_error_category(&err);
+            shared.metrics.api_error(CONTROLLER, category);
+            tracing::warn!(runtime_class = class, error = %err, "cannot read the RuntimeClass");
+            let unread = crate::events::may_pass(category).then(|| format!("{class}: {category}"));
+            (Isolation::Process, unread)
         }
     }
 }

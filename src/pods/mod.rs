@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -138,7 +138,6 @@ async fn detect(
     }
     let strategy = shared.initial_list;
     let pod_stream = initial_state_watcher(pods, watcher::Config::default(), strategy, PODS_WATCH)
-        .default_backoff()
         .map(|e| Input::Pod(Box::new(e)));
     let event_stream = initial_state_watcher(
         events.clone(),
@@ -146,7 +145,6 @@ async fn detect(
         strategy,
         SANDBOX_EVENTS_WATCH,
     )
-    .default_backoff()
     .map(|e| Input::Sandbox(Box::new(e)));
     // Our own Events, so that every replica knows which episodes the leader has reported.
     let published_stream = initial_state_watcher(
@@ -155,7 +153,6 @@ async fn detect(
         strategy,
         PUBLISHED_EVENTS_WATCH,
     )
-    .default_backoff()
     .map(|e| Input::Published(Box::new(e)));
     let ticks = futures::stream::unfold((), |()| async {
         tokio::time::sleep(REPORT_RETRY).await;
