@@ -105,7 +105,8 @@ async fn run(
     let shared = ctx.shared.clone();
     let concurrency = usize::from(ctx.options.concurrency).max(1);
     let mut changed_nodes = std::pin::pin!(changed_nodes);
-    let mut became_leader = std::pin::pin!(became_leader(shared.leadership.subscribe()));
+    // Fused: polled again after it ended (the leadership gone), it stays ended instead of panicking.
+    let mut became_leader = std::pin::pin!(became_leader(shared.leadership.subscribe()).fuse());
     let mut synced = shared.nodes_synced.clone();
     let mut resync = tokio::time::interval_at(
         tokio::time::Instant::now() + ctx.options.resync,
