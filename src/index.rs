@@ -40,7 +40,7 @@ pub fn node_inputs_hash(node: &IndexedNode, keys: &LabelKeys) -> u64 {
 }
 
 /// Becomes `true` once the Node watch has listed every node. (Not `Store::wait_until_ready`: in kube-runtime
-/// 5.0 it wakes only the last of several concurrent waiters, and the controller is already one.)
+/// 5.0 it wakes only the last of several concurrent waiters.)
 pub type NodesSynced = tokio::sync::watch::Receiver<bool>;
 
 /// Starts the one Node watch (only nodes matching `selector`, if given) and the probe that notices when a

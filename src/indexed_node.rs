@@ -67,6 +67,11 @@ impl IndexedNode {
         self
     }
 
+    /// The node's name ("" if the server sent none).
+    pub fn name(&self) -> &str {
+        self.metadata.name.as_deref().unwrap_or_default()
+    }
+
     /// The node's labels (after [`trim`](Self::trim): the OS label and ours).
     pub fn labels(&self) -> BTreeMap<String, String> {
         self.labels

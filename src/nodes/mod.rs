@@ -6,15 +6,17 @@
 
 pub mod inventory;
 pub mod plan;
+pub mod queue;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -26,6 +28,7 @@ use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 use inventory::{Conflicts, Inventory};
 use plan::plan;
+use queue::WorkQueue;
 
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
 pub const CONTROLLER: &str = "node-controller";
@@ -100,36 +103,90 @@ async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shared = ctx.shared.clone();
-    let controller = Controller::for_stream(changed_nodes, shared.nodes.clone())
-        .with_config(
-            ControllerConfig::default()
-                .debounce(Duration::from_millis(100))
-                .concurrency(ctx.options.concurrency),
-        )
-        .reconcile_all_on(became_leader(shared.leadership.subscribe()))
-        .graceful_shutdown_on(shutdown.clone().cancelled_owned())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((node, _)) => tracing::trace!(node = %node.name, "reconciled"),
-                // Reconcile errors are counted and logged by error_policy, watch errors by the index.
-                Err(err) => tracing::debug!(error = %err, "controller event"),
+    let concurrency = usize::from(ctx.options.concurrency).max(1);
+    let mut changed_nodes = std::pin::pin!(changed_nodes);
+    // Fused: polled again after it ended (the leadership gone), it stays ended instead of panicking.
+    let mut became_leader = std::pin::pin!(became_leader(shared.leadership.subscribe()).fuse());
+    let mut synced = shared.nodes_synced.clone();
+    let mut resync = tokio::time::interval_at(
+        tokio::time::Instant::now() + ctx.options.resync,
+        ctx.options.resync,
+    );
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut queue = WorkQueue::default();
+    let mut in_flight = FuturesUnordered::new();
+    // Nodes whose reconcile failed, each with one timer until its retry.
+    let mut retries = FuturesUnordered::new();
+    let mut retrying: HashSet<Arc<str>> = HashSet::new();
+    let mut stopping = false;
+    loop {
+        // Nothing runs before the index has every node (as kube-runtime's Controller waited for its store):
+        // the initial state queues every node once, and the reconciles read the whole index.
+        let ready = *synced.borrow_and_update();
+        if ready && !stopping {
+            while in_flight.len() < concurrency {
+                let Some(name) = queue.start_next() else {
+                    break;
+                };
+                in_flight.push(reconcile_named(name, ctx.clone()));
             }
-        });
-    // kube-runtime's controller waits for its store before it reconciles, and that wait does not listen to
-    // graceful_shutdown_on: a process whose Node watch never synced (no RBAC, no server) would ignore
-    // SIGTERM. Before the sync nothing is in flight, so the controller can simply be dropped.
-    let shutdown_before_sync = async {
-        shutdown.cancelled().await;
-        if *shared.nodes_synced.borrow() {
-            std::future::pending::<()>().await;
         }
-    };
-    tokio::select! {
-        () = controller => {}
-        () = shutdown_before_sync => tracing::info!("shutting down before the node watch synced; nothing in flight"),
+        if stopping && in_flight.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            change = changed_nodes.next(), if !stopping => match change {
+                Some(Ok(node)) => queue.push(node.name()),
+                // Counted, logged and shown in readiness by the index; the watcher retries with backoff.
+                Some(Err(err)) => tracing::debug!(error = %err, "node watch error"),
+                None => anyhow::bail!("the node watch ended"),
+            },
+            Some((name, retry)) = in_flight.next() => {
+                queue.finish(&name);
+                if let Some(delay) = retry
+                    && retrying.insert(name.clone())
+                {
+                    retries.push(async move {
+                        tokio::time::sleep(delay).await;
+                        name
+                    });
+                }
+            }
+            Some(name) = retries.next() => {
+                retrying.remove(&name);
+                queue.push(&name);
+            }
+            _ = resync.tick(), if !stopping => push_every_node(&shared, &mut queue),
+            Some(()) = became_leader.next(), if !stopping => push_every_node(&shared, &mut queue),
+            Ok(()) = synced.changed(), if !ready => {}
+            () = shutdown.cancelled(), if !stopping => {
+                // Graceful: what runs finishes, nothing new starts.
+                stopping = true;
+                if !ready {
+                    tracing::info!("shutting down before the node watch synced; nothing in flight");
+                }
+            }
+        }
     }
-    Ok(())
+}
+
+/// Queues every node of the index: the resync's safety net, and a new leader's takeover.
+fn push_every_node(shared: &Shared, queue: &mut WorkQueue) {
+    for node in shared.nodes.state() {
+        queue.push(node.name());
+    }
+}
+
+/// Reconciles the node of that name as the index has it now (a node deleted meanwhile needs nothing); returns
+/// the name and, when the reconcile failed, how long until it is retried.
+async fn reconcile_named(name: Arc<str>, ctx: Arc<NodeContext>) -> (Arc<str>, Option<Duration>) {
+    let Some(node) = ctx.shared.nodes.get(&ObjectRef::new(&name)) else {
+        return (name, None);
+    };
+    match reconcile(&node, &ctx).await {
+        Ok(()) => (name, None),
+        Err(err) => (name, Some(error_policy(&node, &err, &ctx))),
+    }
 }
 
 /// Fires each time this replica becomes the leader, so it reconciles every node at once instead of waiting
@@ -148,36 +205,35 @@ fn became_leader(
 }
 
 #[tracing::instrument(skip_all, fields(node = %node.name_any()))]
-async fn reconcile(node: Arc<IndexedNode>, ctx: Arc<NodeContext>) -> Result<Action, NodeError> {
+async fn reconcile(node: &IndexedNode, ctx: &NodeContext) -> Result<(), NodeError> {
     let shared = &ctx.shared;
     let _timer = shared.metrics.reconcile_duration.start_timer();
     let name = node.name_any();
-    let plan = plan(&*node, &shared.keys);
-    let requeue = Action::requeue(ctx.options.resync);
+    let plan = plan(node, &shared.keys);
     if !shared.leadership.is_leader() {
         // A new leader reconciles every node when it takes over (see run.rs), so nothing is lost here.
-        return Ok(requeue);
+        return Ok(());
     }
 
     if let Some(warning) = plan.warning() {
         tracing::warn!(reason = warning.reason, "{}", warning.message);
-        publish(shared, &node, warning.reason, warning.message).await;
+        publish(shared, node, warning.reason, warning.message).await;
     }
     let Some(desired) = plan.desired else {
         tracing::debug!("kernelVersion not reported yet; waiting");
-        return Ok(requeue);
+        return Ok(());
     };
     let owned = node.applied_label_keys();
     let current = node.labels();
     if labels_hold(&current, &desired, &owned) {
         ctx.conflicts.set(&name, false);
-        return Ok(requeue);
+        return Ok(());
     }
 
     let change = describe_change(&current, &desired, &owned);
     if shared.dry_run {
         tracing::info!(state = ?plan.state, change = %change, "dry run: would apply labels");
-        return Ok(requeue);
+        return Ok(());
     }
     let mut params = PatchParams::apply(FIELD_MANAGER);
     params.force = ctx.options.force_conflicts;
@@ -191,7 +247,7 @@ async fn reconcile(node: Arc<IndexedNode>, ctx: Arc<NodeContext>) -> Result<Acti
             shared.metrics.label_writes.inc();
             ctx.conflicts.set(&name, false);
             tracing::info!(change = %change, "applied labels");
-            Ok(requeue)
+            Ok(())
         }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             shared.metrics.label_conflicts.inc();
@@ -201,15 +257,15 @@ async fn reconcile(node: Arc<IndexedNode>, ctx: Arc<NodeContext>) -> Result<Acti
                 status.message
             );
             tracing::warn!("{message}");
-            publish(shared, &node, "LabelConflict", message).await;
-            Ok(requeue)
+            publish(shared, node, "LabelConflict", message).await;
+            Ok(())
         }
         Err(source) => Err(NodeError::Apply { node: name, source }),
     }
 }
 
-#[allow(clippy::needless_pass_by_value)] // the signature kube-runtime's Controller::run expects
-fn error_policy(node: Arc<IndexedNode>, err: &NodeError, ctx: Arc<NodeContext>) -> Action {
+/// Counts and logs a failed reconcile; returns how long until the node is tried again.
+fn error_policy(node: &IndexedNode, err: &NodeError, ctx: &NodeContext) -> Duration {
     let category = err.category();
     ctx.shared.metrics.api_error(CONTROLLER, category);
     tracing::warn!(node = %node.name_any(), category, error = %err, "reconcile failed; retrying");
@@ -219,7 +275,7 @@ fn error_policy(node: Arc<IndexedNode>, err: &NodeError, ctx: Arc<NodeContext>) 
     } else {
         5
     };
-    Action::requeue(Duration::from_secs(delay))
+    Duration::from_secs(delay)
 }
 
 /// Whether the node already carries exactly our desired labels: every desired value present, and we own
