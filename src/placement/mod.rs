@@ -186,10 +186,14 @@ async fn run(
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let stop = shutdown.clone();
         let gated_at = gated_at(created(&pod), SystemTime::now());
-        placing.spawn(uid.clone(), async move {
-            if let Ok(_permit) = limit.acquire().await {
+        placing.spawn(uid.clone(), |gone| async move {
+            let permit = tokio::select! {
+                permit = limit.acquire() => permit,
+                () = gone.cancelled() => return,
+            };
+            if let Ok(_permit) = permit {
                 tokio::select! {
-                    () = place(&context, (&namespace, &name, &uid), gated_at) => {},
+                    () = place(&context, (&namespace, &name, &uid), gated_at, &gone) => {},
                     () = stop.cancelled() => {},
                 }
             }
@@ -222,6 +226,7 @@ async fn place(
     context: &Context,
     (namespace, name, uid): (&str, &str, &str),
     gated_at: SystemTime,
+    gone: &CancellationToken,
 ) {
     tracing::Span::current()
         .record("namespace", namespace)
@@ -231,6 +236,10 @@ async fn place(
     let mut retry = FIRST_RETRY;
     let mut conflicts = 0;
     loop {
+        // No longer gated (placed and bound, deleted, ungated): end here, at a wait, never mid-write.
+        if gone.is_cancelled() {
+            return;
+        }
         if !shared.dry_run && !shared.leadership.is_leader() {
             // Followers wait: whoever leads places the pod.
             let mut leader = shared.leadership.subscribe();
