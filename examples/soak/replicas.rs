@@ -64,7 +64,7 @@ impl Replica {
         self.paused = false;
         self.metrics_addr = format!("127.0.0.1:{}", free_port());
         let log = std::fs::File::create(self.log_path()).expect("replica log file");
-        let child = Command::new(controller_binary())
+        let child = replica_command()
             .arg("run")
             .args(["--node-selector", &flags.selector])
             .args(["--namespace", &flags.namespace])
@@ -173,6 +173,21 @@ impl Replica {
             "replica {} did not stop within 10 s of SIGTERM",
             self.name
         ))
+    }
+}
+
+/// The controller's command, or with `OSBUILD_SOAK_WRAPPER` set (opt-in, for profiling: e.g. a script that
+/// starts heaptrack's interpreter and `exec`s its arguments under its preload) that program with the
+/// controller's path as its first argument. The wrapper must `exec` the controller, so that the pid the
+/// faults signal and the RSS sampler reads is the controller's own.
+fn replica_command() -> Command {
+    match std::env::var_os("OSBUILD_SOAK_WRAPPER").filter(|w| !w.is_empty()) {
+        Some(wrapper) => {
+            let mut command = Command::new(wrapper);
+            command.arg(controller_binary());
+            command
+        }
+        None => Command::new(controller_binary()),
     }
 }
 

@@ -9,11 +9,12 @@
 pub mod decide;
 pub mod gauge;
 pub mod pull_secrets;
+pub mod tasks;
 pub mod ungate;
 
 use std::collections::{HashMap, HashSet};
 use std::pin::pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -23,7 +24,6 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::events::EventType;
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::core::runs_on::Isolation;
@@ -35,6 +35,7 @@ use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch};
 use decide::{ClusterHost, Decision, ImageResult, Inputs, Release, Unread, decide, has_gate};
 use gauge::{GatedPods, PlacementCollector};
+use tasks::PodTasks;
 
 /// The loop's name in liveness and in `osbuild_reconcile_errors_total{controller}`.
 pub const CONTROLLER: &str = "placement";
@@ -115,7 +116,7 @@ impl gauge::Deadline for Context {
 }
 
 /// Watches the pods not bound yet ([`UNBOUND_PODS`]); each gated pod gets one task that places it (or waits
-/// for leadership to do so).
+/// for leadership to do so), stopped as soon as the pod is no longer gated ([`PodTasks`]).
 async fn run(
     context: Arc<Context>,
     pods: Api<Pod>,
@@ -138,13 +139,12 @@ async fn run(
         .take_until(shutdown.clone().cancelled_owned())
     );
     let limit = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
-    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut placing = JoinSet::new();
+    let mut placing = PodTasks::default();
     let mut relisted: Option<HashSet<String>> = None;
     loop {
         let event = tokio::select! {
             event = events.next() => match event { Some(e) => e, None => break },
-            Some(_) = placing.join_next(), if !placing.is_empty() => continue,
+            () = placing.reap() => continue,
         };
         observe_watch(&shared.health, &shared.metrics, GATED_PODS_WATCH, &event);
         let pod = match event {
@@ -155,11 +155,15 @@ async fn run(
             Ok(watcher::Event::InitDone) => {
                 if let Some(seen) = relisted.take() {
                     gated.retain(&seen);
+                    placing.retain(&seen);
                 }
                 continue;
             }
+            // Bound (it leaves the unbound pods' watch) or deleted: nothing left to place.
             Ok(watcher::Event::Delete(pod)) => {
-                gated.remove(&pod.uid().unwrap_or_default());
+                let uid = pod.uid().unwrap_or_default();
+                gated.remove(&uid);
+                placing.stop(&uid);
                 continue;
             }
             Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => pod,
@@ -168,27 +172,31 @@ async fn run(
         let uid = pod.uid().unwrap_or_default();
         if !has_gate(&pod) {
             gated.remove(&uid);
+            placing.stop(&uid);
             continue;
         }
         if let Some(seen) = relisted.as_mut() {
             seen.insert(uid.clone());
         }
         gated.insert(&uid, created(&pod));
-        if !lock(&in_flight).insert(uid.clone()) {
+        if placing.contains(&uid) {
             continue;
         }
-        let (context, limit, in_flight) = (context.clone(), limit.clone(), in_flight.clone());
+        let (context, limit) = (context.clone(), limit.clone());
         let (namespace, name) = (pod.namespace().unwrap_or_default(), pod.name_any());
         let stop = shutdown.clone();
         let gated_at = gated_at(created(&pod), SystemTime::now());
-        placing.spawn(async move {
-            if let Ok(_permit) = limit.acquire().await {
+        placing.spawn(uid.clone(), |gone| async move {
+            let permit = tokio::select! {
+                permit = limit.acquire() => permit,
+                () = gone.cancelled() => return,
+            };
+            if let Ok(_permit) = permit {
                 tokio::select! {
-                    () = place(&context, (&namespace, &name, &uid), gated_at) => {},
+                    () = place(&context, (&namespace, &name, &uid), gated_at, &gone) => {},
                     () = stop.cancelled() => {},
                 }
             }
-            lock(&in_flight).remove(&uid);
         });
     }
     Ok(())
@@ -218,6 +226,7 @@ async fn place(
     context: &Context,
     (namespace, name, uid): (&str, &str, &str),
     gated_at: SystemTime,
+    gone: &CancellationToken,
 ) {
     tracing::Span::current()
         .record("namespace", namespace)
@@ -227,6 +236,10 @@ async fn place(
     let mut retry = FIRST_RETRY;
     let mut conflicts = 0;
     loop {
+        // No longer gated (placed and bound, deleted, ungated): end here, at a wait, never mid-write.
+        if gone.is_cancelled() {
+            return;
+        }
         if !shared.dry_run && !shared.leadership.is_leader() {
             // Followers wait: whoever leads places the pod.
             let mut leader = shared.leadership.subscribe();
@@ -483,10 +496,6 @@ async fn isolation(shared: &Shared, pod: &Pod) -> (Isolation, Option<String>) {
 pub fn is_hyperv_handler(handler: &str) -> bool {
     let handler = handler.to_ascii_lowercase();
     handler.contains("hypervisor") || handler.contains("hyperv") || handler.contains("hyper-v")
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 #[cfg(test)]
