@@ -44,13 +44,18 @@ pub struct LeaseRecord {
     pub transitions: i32,
 }
 
-/// A mismatch episode of one pod as the checker saw it: from the status showing the failure to the status
-/// showing the container running (`None`: still failing).
+/// A mismatch episode of one pod: from the status showing the failure to the status showing the container
+/// running (`None`: still failing), dated by the pod's own status ([`containers_ready_since`]), the way
+/// every replica dates it, and not by when the checker's watch delivered it: that lags by tens of seconds
+/// while thousands of pods stream in, and an Event published before the checker saw the failure would
+/// match no episode.
 #[derive(Debug, Clone)]
 pub struct Episode {
     pub pod: String,
     pub start: Timestamp,
     pub end: Option<Timestamp>,
+    /// The status had no transition time for the start: dated by the checker's clock instead.
+    pub start_by_checker: bool,
 }
 
 /// Our OSVersionMismatch Event about a pod: when first and last published, and how often.
@@ -144,6 +149,22 @@ fn failing(pod: &Pod) -> bool {
                 waiting.is_some()
             })
         })
+}
+
+/// When the pod's `ContainersReady` condition last became `status` ("False": the containers stopped being
+/// ready, an episode began; "True": they run again, it ended), as the status records it (whole seconds).
+/// The controller reads the same time (`pods::detect::not_ready_since`). `None`: the condition is absent,
+/// has another status, or carries no time.
+fn containers_ready_since(pod: &Pod, status: &str) -> Option<Timestamp> {
+    pod.status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "ContainersReady" && c.status == status)?
+        .last_transition_time
+        .as_ref()
+        .map(|t| t.0)
 }
 
 fn running(pod: &Pod) -> bool {
@@ -443,21 +464,12 @@ impl State {
             self.observe_placement(&uid, name, pod);
             return;
         }
-        let now = Timestamp::now();
-        let episodes = self.episodes.entry(uid).or_default();
-        let open = episodes.last().is_some_and(|e| e.end.is_none());
-        if failing(pod) && !open {
-            episodes.push(Episode {
-                pod: name,
-                start: now,
-                end: None,
-            });
-        } else if open
-            && running(pod)
-            && let Some(last) = episodes.last_mut()
-        {
-            last.end = Some(now);
-        }
+        track_episodes(
+            self.episodes.entry(uid).or_default(),
+            name,
+            pod,
+            Timestamp::now(),
+        );
     }
 
     fn observe_lease(&mut self, lease: &Lease) {
@@ -510,6 +522,42 @@ impl State {
     }
 }
 
+/// Updates a pod's episodes with its status as the watch delivered it at `now` (the checker's clock, used
+/// only when the status carries no transition time).
+fn track_episodes(episodes: &mut Vec<Episode>, name: String, pod: &Pod, now: Timestamp) {
+    let not_ready_since = containers_ready_since(pod, "False");
+    match episodes.last_mut() {
+        Some(open) if open.end.is_none() => {
+            if failing(pod) {
+                // Failing since later than the open episode began: the pod ran and failed again while the
+                // checker's watch was down (a re-list shows only the latest status). The missed recovery was
+                // no later than the new failure.
+                if let Some(since) = not_ready_since
+                    && !open.start_by_checker
+                    && since > open.start
+                {
+                    open.end = Some(since);
+                    episodes.push(Episode {
+                        pod: name,
+                        start: since,
+                        end: None,
+                        start_by_checker: false,
+                    });
+                }
+            } else if running(pod) {
+                open.end = Some(containers_ready_since(pod, "True").unwrap_or(now));
+            }
+        }
+        _ if failing(pod) => episodes.push(Episode {
+            pod: name,
+            start: not_ready_since.unwrap_or(now),
+            end: None,
+            start_by_checker: not_ready_since.is_none(),
+        }),
+        _ => {}
+    }
+}
+
 /// Which replica an identity in the Lease or on an Event belongs to: "soak-a-2" → "a".
 pub fn replica_of(identity: &str) -> Option<&str> {
     identity
@@ -538,30 +586,46 @@ pub fn terms(lease: &[LeaseRecord]) -> Vec<(String, Timestamp, Timestamp)> {
     terms
 }
 
+/// How much earlier than an episode's start an Event may be and still be the episode's: the Event's time
+/// comes from the leader's clock, the start from the status' (the kubelet's, here the churn's), truncated
+/// to the second, which only makes the start earlier. The controller allows the same
+/// (`pods::episodes::CLOCK_SKEW`).
+const CLOCK_SKEW: Duration = Duration::from_secs(1);
+
 /// Every mismatch episode has exactly one Event: returns the violations and the number of episodes judged.
-/// An Event belongs to the latest episode of its pod that started before it (a second of slack: the
-/// checker and the controller see the same status change at about the same time).
+/// An Event belongs to the latest episode of its pod that started no later than it ([`CLOCK_SKEW`]
+/// allowed); both times are the pod's and the leader's, never when the checker saw them.
 pub fn judge_events(state: &State) -> (Vec<String>, usize) {
-    let slack = Duration::from_secs(1);
-    let mut per_episode: HashMap<(String, usize), i32> = HashMap::new();
+    let slack = CLOCK_SKEW.as_millis() as i64;
+    // (pod uid, episode) → the Events counted for it.
+    let mut per_episode: HashMap<(&str, usize), Vec<Counted<'_>>> = HashMap::new();
     let mut violations = Vec::new();
     let episode_at = |pod_uid: &str, t: Timestamp| -> Option<usize> {
         let episodes = state.episodes.get(pod_uid)?;
-        episodes.iter().rposition(|e| {
-            e.start.as_millisecond() <= t.as_millisecond() + slack.as_millis() as i64
-        })
+        episodes
+            .iter()
+            .rposition(|e| e.start.as_millisecond() <= t.as_millisecond() + slack)
     };
-    for (uid, published) in &state.events {
-        let mut assign = |t: Timestamp, n: i32| match episode_at(&published.pod_uid, t) {
+    let mut events: Vec<(&String, &Published)> = state.events.iter().collect();
+    events.sort_by_key(|(uid, p)| (p.first, *uid));
+    for (uid, published) in events {
+        let pod = published.pod_uid.as_str();
+        let mut assign = |t: Timestamp, n: i32| match episode_at(pod, t) {
             Some(i) => {
-                *per_episode
-                    .entry((published.pod_uid.clone(), i))
-                    .or_default() += n
+                per_episode
+                    .entry((pod, i))
+                    .or_default()
+                    .push((uid, &published.reporter, t, n))
             }
-            None => violations.push(format!(
-                "Event {uid} (by {}) about pod {} at {t} matches no episode the checker saw",
-                published.reporter, published.pod_uid
-            )),
+            None => {
+                let episodes = state.episodes.get(pod).map(Vec::as_slice).unwrap_or(&[]);
+                violations.push(format!(
+                    "Event {uid} (by {}) about pod {} ({pod}) at {t} matches no episode: the pod's episodes {}",
+                    published.reporter,
+                    episodes.first().map_or("?", |e| e.pod.as_str()),
+                    describe(episodes)
+                ));
+            }
         };
         assign(published.first, 1);
         if published.count > 1 {
@@ -569,21 +633,54 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
         }
     }
     let mut judged = 0;
-    for (pod_uid, episodes) in &state.episodes {
+    let mut pods: Vec<(&String, &Vec<Episode>)> = state.episodes.iter().collect();
+    pods.sort_by_key(|(uid, e)| (e.first().map(|e| e.start), *uid));
+    for (pod_uid, episodes) in pods {
         for (i, e) in episodes.iter().enumerate() {
             judged += 1;
-            let n = per_episode.get(&(pod_uid.clone(), i)).copied().unwrap_or(0);
+            let counted = per_episode
+                .get(&(pod_uid.as_str(), i))
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let n: i32 = counted.iter().map(|(.., n)| n).sum();
             if n != 1 {
+                let seen: Vec<String> = counted
+                    .iter()
+                    .map(|(uid, by, t, n)| format!("{uid} by {by} at {t} (x{n})"))
+                    .collect();
                 violations.push(format!(
-                    "pod {} episode {i} ({} .. {}): {n} OSVersionMismatch Events, expected exactly 1",
+                    "pod {} ({pod_uid}) episode {i} of {}: {n} OSVersionMismatch Events, expected exactly 1 [{}]",
                     e.pod,
-                    e.start,
-                    e.end.map_or("still failing".into(), |t| t.to_string())
+                    describe(episodes),
+                    seen.join("; ")
                 ));
             }
         }
     }
     (violations, judged)
+}
+
+/// An Event counted for an episode: its uid, reporter, time, and how many it counts for (a series).
+type Counted<'a> = (&'a str, &'a str, Timestamp, i32);
+
+/// A pod's episodes for a report: `[start .. end, ...]`, a start the checker had to date itself marked.
+fn describe(episodes: &[Episode]) -> String {
+    let each: Vec<String> = episodes
+        .iter()
+        .map(|e| {
+            format!(
+                "{}{} .. {}",
+                e.start,
+                if e.start_by_checker {
+                    " (checker's clock)"
+                } else {
+                    ""
+                },
+                e.end.map_or("still failing".into(), |t| t.to_string())
+            )
+        })
+        .collect();
+    format!("[{}]", each.join(", "))
 }
 
 /// Placement's invariants: every pod the policy gated had our gate removed (unless the churn deleted it
@@ -621,4 +718,182 @@ pub fn judge_placement(state: &State) -> PlacementSummary {
         }
     }
     summary
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn at(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    /// A soak pod as the churn writes it (workload.rs): failing (waiting RunContainerError; the checker
+    /// reads no message) or running, with the `ContainersReady` condition's transition time (`None`: no
+    /// conditions).
+    fn pod(failing: bool, since: Option<&str>) -> Pod {
+        let state = if failing {
+            json!({"waiting": {"reason": "RunContainerError"}})
+        } else {
+            json!({"running": {"startedAt": "2026-11-23T01:00:00Z"}})
+        };
+        let mut status = json!({"containerStatuses": [{"name": "app", "image": "i", "imageID": "",
+            "ready": !failing, "restartCount": 1, "state": state}]});
+        if let Some(since) = since {
+            status["conditions"] = json!([{"type": "ContainersReady",
+                "status": if failing { "False" } else { "True" }, "lastTransitionTime": since}]);
+        }
+        serde_json::from_value(
+            json!({"metadata": {"name": "pod-7", "namespace": "soak", "uid": "pod-uid"},
+            "spec": {"containers": [{"name": "app", "image": "i"}]}, "status": status}),
+        )
+        .unwrap()
+    }
+
+    fn event(uid: &str, time: &str) -> Event {
+        serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid},
+            "eventTime": time, "reason": "OSVersionMismatch", "reportingController": "osbuild-controller",
+            "reportingInstance": "soak-a-1", "action": "Detect",
+            "regarding": {"kind": "Pod", "name": "pod-7", "uid": "pod-uid"}}))
+        .unwrap()
+    }
+
+    /// The checker's pod watch delivers `pod` at `seen`.
+    fn observe(state: &mut State, pod: &Pod, seen: &str) {
+        track_episodes(
+            state.episodes.entry("pod-uid".into()).or_default(),
+            "pod-7".into(),
+            pod,
+            at(seen),
+        );
+    }
+
+    // Seed 20261201 (docs/reliability.md): the checker's watch saw failures tens of seconds late while
+    // 10,000 pods streamed in, and the leader's Event, published in between, matched no episode.
+    #[test]
+    fn an_event_before_the_checker_saw_the_failure_but_after_the_status_says_it_began_is_the_episodes()
+     {
+        let mut state = State::default();
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T04:30:20Z")),
+            "2026-12-01T04:30:50Z",
+        );
+        state.observe_event(&event("e1", "2026-12-01T04:30:23.489634Z"));
+        let episodes = &state.episodes["pod-uid"];
+        assert_eq!(episodes.len(), 1);
+        assert_eq!(episodes[0].start, at("2026-12-01T04:30:20Z"));
+        assert!(!episodes[0].start_by_checker);
+        let (violations, judged) = judge_events(&state);
+        assert_eq!(judged, 1);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    // The positive control: an Event from before the episode's transition (beyond the clock skew) is an
+    // earlier episode's, not this one's: it matches no episode and this one has no Event.
+    #[test]
+    fn an_event_from_before_the_status_transition_is_not_the_episodes() {
+        let mut state = State::default();
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T04:30:20Z")),
+            "2026-12-01T04:30:21Z",
+        );
+        state.observe_event(&event("early", "2026-12-01T04:30:18.5Z"));
+        let (violations, _) = judge_events(&state);
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(
+            violations[0].contains("Event early") && violations[0].contains("matches no episode")
+        );
+        assert!(violations[1].contains("0 OSVersionMismatch Events"));
+        // within the clock skew of the (truncated) start it counts
+        state.events.clear();
+        state.observe_event(&event("skewed", "2026-12-01T04:30:19.2Z"));
+        let (violations, _) = judge_events(&state);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    // Two episodes back to back: each Event goes to the episode whose status transition precedes it, and
+    // the end is the ContainersReady=True transition, not when the checker saw it.
+    #[test]
+    fn episodes_end_and_start_at_their_status_transitions() {
+        let mut state = State::default();
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T05:00:00Z")),
+            "2026-12-01T05:00:30Z",
+        );
+        observe(
+            &mut state,
+            &pod(false, Some("2026-12-01T05:00:45Z")),
+            "2026-12-01T05:01:20Z",
+        );
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T05:00:50Z")),
+            "2026-12-01T05:01:21Z",
+        );
+        let episodes = &state.episodes["pod-uid"];
+        assert_eq!(episodes.len(), 2);
+        assert_eq!(episodes[0].end, Some(at("2026-12-01T05:00:45Z")));
+        assert_eq!(episodes[1].start, at("2026-12-01T05:00:50Z"));
+        state.observe_event(&event("first", "2026-12-01T05:00:01Z"));
+        state.observe_event(&event("second", "2026-12-01T05:00:51Z"));
+        let (violations, judged) = judge_events(&state);
+        assert_eq!(judged, 2);
+        assert!(violations.is_empty(), "{violations:?}");
+        // the second Event alone: the first episode lacks one, the second is matched
+        state.events.remove("first");
+        let (violations, _) = judge_events(&state);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("episode 0 of"));
+    }
+
+    // A re-list after the checker's watch broke shows only the latest status: failing again since a later
+    // transition means the pod recovered and failed meanwhile, a second episode with its own Event.
+    #[test]
+    fn a_later_failure_seen_after_a_gap_is_a_new_episode() {
+        let mut state = State::default();
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T05:00:00Z")),
+            "2026-12-01T05:00:01Z",
+        );
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T05:00:00Z")),
+            "2026-12-01T05:00:10Z",
+        );
+        assert_eq!(state.episodes["pod-uid"].len(), 1, "the same status again");
+        observe(
+            &mut state,
+            &pod(true, Some("2026-12-01T05:00:47Z")),
+            "2026-12-01T05:00:50Z",
+        );
+        let episodes = &state.episodes["pod-uid"];
+        assert_eq!(episodes.len(), 2);
+        assert_eq!(episodes[0].end, Some(at("2026-12-01T05:00:47Z")));
+        state.observe_event(&event("first", "2026-12-01T05:00:02Z"));
+        state.observe_event(&event("second", "2026-12-01T05:00:48Z"));
+        let (violations, _) = judge_events(&state);
+        assert!(violations.is_empty(), "{violations:?}");
+    }
+
+    // A status without the condition: the checker's own clock is all there is, and the report says so.
+    #[test]
+    fn without_a_transition_time_the_checkers_clock_dates_the_episode() {
+        let mut state = State::default();
+        observe(&mut state, &pod(true, None), "2026-12-01T05:00:30Z");
+        observe(&mut state, &pod(false, None), "2026-12-01T05:01:30Z");
+        let e = &state.episodes["pod-uid"][0];
+        assert_eq!(e.start, at("2026-12-01T05:00:30Z"));
+        assert!(e.start_by_checker);
+        assert_eq!(e.end, Some(at("2026-12-01T05:01:30Z")));
+        let (violations, _) = judge_events(&state);
+        assert!(
+            violations[0].contains("(checker's clock)"),
+            "{violations:?}"
+        );
+    }
 }
