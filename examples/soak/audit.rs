@@ -7,6 +7,8 @@ use std::path::Path;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
+use crate::verdict::{Invariant, Violation, violation};
+
 /// (apiGroup, resource[/subresource], verb); the core group is "".
 pub type Access = (String, String, String);
 
@@ -78,7 +80,7 @@ pub fn is_leader_write(access: &Access) -> bool {
 }
 
 pub struct Judgement {
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     pub writes_by_replica: BTreeMap<String, usize>,
     pub used_by_replica: BTreeMap<String, BTreeSet<Access>>,
     pub unused: BTreeSet<Access>,
@@ -118,17 +120,18 @@ pub fn judge(
                 .map(|(_, a, e)| format!("{a}..{e}"))
                 .collect::<Vec<_>>()
                 .join(", ");
-            violations.push(format!(
+            violations.push(violation(Invariant::WriteOutsideTerm, format!(
                 "replica {} wrote ({:?} {} {}, HTTP {}) at {} outside its terms as leader [{nearest}] (+{renew_deadline:?})",
                 r.replica, r.access.2, r.access.1, r.name, r.code, r.received
-            ));
+            )));
         }
     }
     let mut all_used = BTreeSet::new();
     for (replica, used) in &used_by_replica {
         for access in used.difference(granted) {
-            violations.push(format!(
-                "replica {replica} used {access:?}, which manifests/ does not grant"
+            violations.push(violation(
+                Invariant::AccessNotGranted,
+                format!("replica {replica} used {access:?}, which manifests/ does not grant"),
             ));
         }
         all_used.extend(used.iter().cloned());

@@ -17,6 +17,7 @@ use kube::{Api, Client, ResourceExt};
 use osbuild_testkit::faults::{desired, ours};
 
 use crate::placement;
+use crate::verdict::{Invariant, Violation, violation};
 
 pub type Labels = BTreeMap<String, String>;
 
@@ -72,7 +73,8 @@ pub struct Published {
 pub struct State {
     nodes: HashMap<String, NodeTrack>,
     relist: Option<HashSet<String>>,
-    pub violations: Vec<String>,
+    /// Wrong label sets.
+    pub violations: Vec<Violation>,
     pub observations: usize,
     pub label_changes: usize,
     /// (seconds into the soak, seconds until our labels matched a new kernelVersion state).
@@ -83,6 +85,8 @@ pub struct State {
     pub events: HashMap<String, Published>,
     /// The soak's placement pods by uid.
     pub placements: HashMap<String, PlacementTrack>,
+    /// The controller's latest placement Event (reason, note, time) by pod uid: what it says it decided.
+    pub placement_events: HashMap<String, (String, String, Timestamp)>,
     pods_relist: Option<HashSet<String>>,
     started: Option<Instant>,
 }
@@ -103,6 +107,10 @@ pub struct PlacementTrack {
     deleted: Option<bool>,
     /// Released with a selection of no node (no build runs every image of it).
     nowhere: bool,
+    /// The pod's creationTimestamp (the API server's clock).
+    created: Option<Timestamp>,
+    /// What the judgement rests on ([`placement::describe`]), as last seen (frozen once released).
+    description: String,
 }
 
 impl PlacementTrack {
@@ -122,7 +130,7 @@ impl PlacementTrack {
 /// What the checker concludes about placement.
 #[derive(Debug, Default)]
 pub struct PlacementSummary {
-    pub violations: Vec<String>,
+    pub violations: Vec<Violation>,
     pub gated: usize,
     pub placed: usize,
     /// Placed off every node: no Windows build runs all their images.
@@ -366,7 +374,7 @@ impl State {
         let at = self.since_start();
         let name = node.name_any();
         let rv = rv(node);
-        let mut violation = None;
+        let mut wrong = None;
         let mut latency = None;
         let mut repaired = None;
         let mut changed = false;
@@ -387,7 +395,7 @@ impl State {
                 let acceptable = current == Some(&ours) || previous == Some(&ours);
                 let excused = track.tamper.is_some();
                 if !acceptable && !excused && current.is_some() {
-                    violation = Some(format!(
+                    wrong = Some(format!(
                         "node {name} (rv {rv}, kernelVersion {:?}): our labels became {ours:?}; current state wants {current:?}, previous {previous:?}",
                         kernel(node)
                     ));
@@ -411,9 +419,11 @@ impl State {
         if changed {
             self.label_changes += 1;
         }
-        if let Some(v) = violation {
-            self.violations
-                .push(format!("[{at:.1}s] wrong labels: {v}"));
+        if let Some(v) = wrong {
+            self.violations.push(violation(
+                Invariant::WrongLabels,
+                format!("[{at:.1}s] wrong labels: {v}"),
+            ));
         }
         if let Some(l) = latency {
             self.latencies.push((at, l));
@@ -428,6 +438,10 @@ impl State {
         let track = self.placements.entry(uid.to_owned()).or_default();
         track.name = name;
         track.gated_now = placement::has_gate(pod);
+        track.created = pod.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        if track.released.is_none() {
+            track.description = placement::describe(pod);
+        }
         if track.gated_now {
             track.seen_gated.get_or_insert(now);
         } else if track.released.is_none() {
@@ -490,6 +504,25 @@ impl State {
     }
 
     fn observe_event(&mut self, event: &Event) {
+        if event.action.as_deref() == Some("Place")
+            && let Some(pod_uid) = event.regarding.as_ref().and_then(|r| r.uid.clone())
+        {
+            let at = event
+                .event_time
+                .as_ref()
+                .map(|t| t.0)
+                .or_else(|| event.metadata.creation_timestamp.as_ref().map(|t| t.0))
+                .unwrap_or_else(Timestamp::now);
+            self.placement_events.insert(
+                pod_uid,
+                (
+                    event.reason.clone().unwrap_or_default(),
+                    event.note.clone().unwrap_or_default(),
+                    at,
+                ),
+            );
+            return;
+        }
         if event.reason.as_deref() != Some("OSVersionMismatch") {
             return;
         }
@@ -595,7 +628,7 @@ const CLOCK_SKEW: Duration = Duration::from_secs(1);
 /// Every mismatch episode has exactly one Event: returns the violations and the number of episodes judged.
 /// An Event belongs to the latest episode of its pod that started no later than it ([`CLOCK_SKEW`]
 /// allowed); both times are the pod's and the leader's, never when the checker saw them.
-pub fn judge_events(state: &State) -> (Vec<String>, usize) {
+pub fn judge_events(state: &State) -> (Vec<Violation>, usize) {
     let slack = CLOCK_SKEW.as_millis() as i64;
     // (pod uid, episode) → the Events counted for it.
     let mut per_episode: HashMap<(&str, usize), Vec<Counted<'_>>> = HashMap::new();
@@ -619,11 +652,14 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
             }
             None => {
                 let episodes = state.episodes.get(pod).map(Vec::as_slice).unwrap_or(&[]);
-                violations.push(format!(
-                    "Event {uid} (by {}) about pod {} ({pod}) at {t} matches no episode: the pod's episodes {}",
-                    published.reporter,
-                    episodes.first().map_or("?", |e| e.pod.as_str()),
-                    describe(episodes)
+                violations.push(violation(
+                    Invariant::EventWithoutEpisode,
+                    format!(
+                        "Event {uid} (by {}) about pod {} ({pod}) at {t} matches no episode: the pod's episodes {}",
+                        published.reporter,
+                        episodes.first().map_or("?", |e| e.pod.as_str()),
+                        describe(episodes)
+                    ),
                 ));
             }
         };
@@ -648,11 +684,14 @@ pub fn judge_events(state: &State) -> (Vec<String>, usize) {
                     .iter()
                     .map(|(uid, by, t, n)| format!("{uid} by {by} at {t} (x{n})"))
                     .collect();
-                violations.push(format!(
-                    "pod {} ({pod_uid}) episode {i} of {}: {n} OSVersionMismatch Events, expected exactly 1 [{}]",
-                    e.pod,
-                    describe(episodes),
-                    seen.join("; ")
+                violations.push(violation(
+                    Invariant::EpisodeEvents,
+                    format!(
+                        "pod {} ({pod_uid}) episode {i} of {}: {n} OSVersionMismatch Events, expected exactly 1 [{}]",
+                        e.pod,
+                        describe(episodes),
+                        seen.join("; ")
+                    ),
                 ));
             }
         }
@@ -687,10 +726,25 @@ fn describe(episodes: &[Episode]) -> String {
 /// first), and its node selection lets it run only on hosts that run every image of it; plus the counts.
 pub fn judge_placement(state: &State) -> PlacementSummary {
     let mut summary = PlacementSummary::default();
-    let mut tracks: Vec<&PlacementTrack> = state.placements.values().collect();
-    tracks.sort_by_key(|t| t.name.clone());
-    for track in tracks.into_iter().filter(|t| t.was_gated()) {
+    let mut tracks: Vec<(&String, &PlacementTrack)> = state.placements.iter().collect();
+    tracks.sort_by_key(|(_, t)| t.name.clone());
+    for (uid, track) in tracks.into_iter().filter(|(_, t)| t.was_gated()) {
         summary.gated += 1;
+        // Self-contained: the pod, what the judgement rests on, and what the controller said it decided.
+        let pod = format!(
+            "pod {} ({uid}, created {})",
+            track.name,
+            track
+                .created
+                .map_or("at an unknown time".to_owned(), |t| t.to_string()),
+        );
+        let context = || {
+            let said = state.placement_events.get(uid.as_str()).map_or(
+                "no placement Event of the controller seen".to_owned(),
+                |(reason, note, at)| format!("the controller's Event at {at}: {reason}: {note}"),
+            );
+            format!("{}; {said}", track.description)
+        };
         match (&track.released, track.deleted) {
             (Some((at, judgement)), _) => {
                 summary.placed += 1;
@@ -701,18 +755,22 @@ pub fn judge_placement(state: &State) -> PlacementSummary {
                         .push(at.saturating_duration_since(since).as_secs_f64());
                 }
                 if let Err(wrong) = judgement {
-                    summary
-                        .violations
-                        .push(format!("pod {}: {wrong}", track.name));
+                    summary.violations.push(violation(
+                        Invariant::PlacementSelection,
+                        format!("{pod}: {wrong}; released with {}", context()),
+                    ));
                 }
             }
             (None, Some(_)) => summary.deleted_while_gated += 1,
             (None, None) => {
                 summary.still_gated += 1;
-                summary.violations.push(format!(
-                    "pod {} still gated at the end (gated {:.0?} ago)",
-                    track.name,
-                    track.gated_since().map(|s| s.elapsed()).unwrap_or_default()
+                summary.violations.push(violation(
+                    Invariant::StillGated,
+                    format!(
+                        "{pod}: still gated at the end (gated {:.0?} ago by the harness's clock); {}",
+                        track.gated_since().map(|s| s.elapsed()).unwrap_or_default(),
+                        context()
+                    ),
                 ));
             }
         }
@@ -804,9 +862,10 @@ mod tests {
         let (violations, _) = judge_events(&state);
         assert_eq!(violations.len(), 2, "{violations:?}");
         assert!(
-            violations[0].contains("Event early") && violations[0].contains("matches no episode")
+            violations[0].text.contains("Event early")
+                && violations[0].text.contains("matches no episode")
         );
-        assert!(violations[1].contains("0 OSVersionMismatch Events"));
+        assert!(violations[1].text.contains("0 OSVersionMismatch Events"));
         // within the clock skew of the (truncated) start it counts
         state.events.clear();
         state.observe_event(&event("skewed", "2026-12-01T04:30:19.2Z"));
@@ -847,7 +906,7 @@ mod tests {
         state.events.remove("first");
         let (violations, _) = judge_events(&state);
         assert_eq!(violations.len(), 1, "{violations:?}");
-        assert!(violations[0].contains("episode 0 of"));
+        assert!(violations[0].text.contains("episode 0 of"));
     }
 
     // A re-list after the checker's watch broke shows only the latest status: failing again since a later
@@ -892,8 +951,71 @@ mod tests {
         assert_eq!(e.end, Some(at("2026-12-01T05:01:30Z")));
         let (violations, _) = judge_events(&state);
         assert!(
-            violations[0].contains("(checker's clock)"),
+            violations[0].text.contains("(checker's clock)"),
             "{violations:?}"
         );
+    }
+
+    /// A placement pod of the private ltsc2019 image with the pull secret, gated or released with
+    /// `osbuild In values`.
+    fn place_pod(values: Option<&[&str]>) -> Pod {
+        let mut spec = json!({"containers": [{"name": "app", "image": "127.0.0.1:5001/private/ltsc2019"}],
+            "imagePullSecrets": [{"name": "soak-pull"}]});
+        match values {
+            None => spec["schedulingGates"] = json!([{"name": placement::GATE}]),
+            Some(values) => {
+                spec["affinity"] = json!({"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                    {"nodeSelectorTerms": [{"matchExpressions": [
+                        {"key": placement::OSBUILD, "operator": "In", "values": values}]}]}}});
+            }
+        }
+        serde_json::from_value(
+            json!({"metadata": {"name": "place-1592", "namespace": "soak",
+            "uid": "place-uid", "creationTimestamp": "2026-12-01T04:40:00Z"}, "spec": spec}),
+        )
+        .unwrap()
+    }
+
+    // Seed 20261201: the report said only "selects osbuild 20348, where private/ltsc2019 does not run";
+    // the violation now carries the images, isolation, pull secrets, affinity and the controller's Event.
+    #[test]
+    fn a_misplaced_pod_is_reported_with_everything_its_judgement_rests_on() {
+        let mut state = State::default();
+        state.observe_pod(&place_pod(None));
+        state.observe_pod(&place_pod(Some(&["20348"])));
+        state.observe_event(
+            &serde_json::from_value(json!({"metadata": {"name": "p", "uid": "p"},
+                "eventTime": "2026-12-01T04:40:01.5Z", "reason": "ImageOSUnknown", "action": "Place",
+                "note": "(the controller's note)", "reportingController": "osbuild-controller",
+                "reportingInstance": "soak-b-1", "regarding": {"kind": "Pod", "uid": "place-uid"}}))
+            .unwrap(),
+        );
+        let summary = judge_placement(&state);
+        assert_eq!((summary.gated, summary.placed), (1, 1));
+        assert_eq!(summary.violations.len(), 1);
+        let v = &summary.violations[0];
+        assert_eq!(v.kind, Invariant::PlacementSelection);
+        for part in [
+            "pod place-1592 (place-uid, created 2026-12-01T04:40:00Z)",
+            "selects osbuild 20348, where private/ltsc2019",
+            "app 127.0.0.1:5001/private/ltsc2019 (Index [\"10.0.17763.6293\"])",
+            "runtimeClass (none) (Process isolation)",
+            "imagePullSecrets [\"soak-pull\"]",
+            "beta.kubernetes.io/osbuild In [\"20348\"]",
+            "ImageOSUnknown: (the controller's note)",
+        ] {
+            assert!(v.text.contains(part), "{part:?} missing from {}", v.text);
+        }
+    }
+
+    // The positive control: the same pod placed on its own build is no violation.
+    #[test]
+    fn a_pod_placed_where_its_image_runs_is_no_violation() {
+        let mut state = State::default();
+        state.observe_pod(&place_pod(None));
+        state.observe_pod(&place_pod(Some(&["17763"])));
+        let summary = judge_placement(&state);
+        assert_eq!((summary.gated, summary.placed), (1, 1));
+        assert!(summary.violations.is_empty(), "{:?}", summary.violations);
     }
 }
