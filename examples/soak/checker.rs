@@ -309,6 +309,36 @@ impl Checker {
         left
     }
 
+    /// The nodes of [`Self::unconverged`] (the first `limit`), each with our labels as last seen and the
+    /// set its current kernelVersion wants: a convergence violation that can be analysed from the report.
+    pub fn unconverged_detail(&self, limit: usize) -> String {
+        let names = self.unconverged();
+        let s = self.lock();
+        let shown: Vec<String> = names
+            .iter()
+            .take(limit)
+            .filter_map(|n| {
+                let t = s.nodes.get(n)?;
+                Some(format!(
+                    "{n}: ours {:?}, wants {:?}{}",
+                    t.ours,
+                    t.states.last(),
+                    if t.tamper.is_some() {
+                        " (hand edit in flight)"
+                    } else {
+                        ""
+                    }
+                ))
+            })
+            .collect();
+        format!(
+            "{} nodes [{}{}]",
+            names.len(),
+            shown.join("; "),
+            if names.len() > limit { "; ..." } else { "" }
+        )
+    }
+
     /// The churn created a placement pod; `gated`: the API server returned it with our gate.
     pub fn placement_created(&self, uid: &str, name: &str, gated: bool) {
         let mut s = self.lock();
