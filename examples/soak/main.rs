@@ -646,6 +646,18 @@ async fn main() {
     .unwrap();
     writeln!(
         r,
+        "| the checker's pod watch: lists started / completed / errors; first list complete after | {} / {} / {}; {} |",
+        state.pod_watch.lists_started,
+        state.pod_watch.lists_done,
+        state.pod_watch.errors,
+        state
+            .pod_watch
+            .first_list_done
+            .map_or("never".into(), |t| format!("{t:.1} s"))
+    )
+    .unwrap();
+    writeln!(
+        r,
         "| mismatch episodes / OSVersionMismatch Events | {episodes} / {} |",
         state.events.values().map(|e| e.count).sum::<i32>()
     )
