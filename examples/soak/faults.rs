@@ -14,6 +14,7 @@ use serde_json::json;
 
 use crate::checker::{Checker, replica_of};
 use crate::replicas::{Flags, NAMES, Replica};
+use crate::verdict::{Invariant, Violation, violation};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Kind {
@@ -91,7 +92,7 @@ pub struct Context<'a> {
     pub namespace: &'a str,
     pub lease_duration: Duration,
     /// Invariants a fault itself found violated (readiness).
-    pub problems: Arc<Mutex<Vec<String>>>,
+    pub problems: Arc<Mutex<Vec<Violation>>>,
 }
 
 async fn readyz(addr: &str) -> u16 {
@@ -183,8 +184,9 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             if !not_ready {
-                ctx.problems.lock().unwrap().push(format!(
-                    "{name}: /readyz never 503 while its watches were cut off"
+                ctx.problems.lock().unwrap().push(violation(
+                    Invariant::Readiness,
+                    format!("{name}: /readyz never 503 while its watches were cut off"),
                 ));
             }
             match ready_again {
@@ -192,8 +194,9 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
                     "{name} cut off for 8s: not ready meanwhile {not_ready}, ready again {t:.1?} after"
                 ),
                 None => {
-                    ctx.problems.lock().unwrap().push(format!(
-                        "{name}: not ready 30 s after its connection was healed"
+                    ctx.problems.lock().unwrap().push(violation(
+                        Invariant::Readiness,
+                        format!("{name}: not ready 30 s after its connection was healed"),
                     ));
                     format!("{name} cut off for 8s: not ready again within 30 s")
                 }
@@ -238,9 +241,10 @@ pub async fn inject(fault: Fault, ctx: &Context<'_>) -> String {
             if made {
                 "throttled for 15s".into()
             } else {
-                ctx.problems.lock().unwrap().push(
-                    "throttling could not be set up (the API server refused the FlowSchema)".into(),
-                );
+                ctx.problems.lock().unwrap().push(violation(
+                    Invariant::FaultSetup,
+                    "throttling could not be set up (the API server refused the FlowSchema)",
+                ));
                 "not throttled".into()
             }
         }

@@ -11,6 +11,7 @@ mod checker;
 mod faults;
 mod placement;
 mod replicas;
+mod verdict;
 mod workload;
 
 use std::collections::BTreeMap;
@@ -33,6 +34,7 @@ use serde_json::{Value, json};
 
 use checker::Checker;
 use replicas::{Flags, NAMES, Replica};
+use verdict::{Invariant, Violation, violation};
 use workload::{ChurnStats, Sizes, Workload};
 
 #[derive(Debug, Parser)]
@@ -288,15 +290,18 @@ async fn main() {
     }
     let replicas = Arc::new(Mutex::new(replicas));
     let t = Instant::now();
-    let mut violations: Vec<String> = Vec::new();
+    let mut violations: Vec<Violation> = Vec::new();
     loop {
         if checker.node_count() > 0 && checker.unconverged().is_empty() {
             break;
         }
         if t.elapsed() > Duration::from_secs(180) {
-            violations.push(format!(
-                "initial convergence: not converged after 180 s: {:?}",
-                checker.unconverged()
+            violations.push(violation(
+                Invariant::Convergence,
+                format!(
+                    "initial convergence: not converged after 180 s: {}",
+                    checker.unconverged_detail(20)
+                ),
             ));
             break;
         }
@@ -307,7 +312,7 @@ async fn main() {
 
     // ---------------------------------------------------------------- health sampler
     let stop = Arc::new(AtomicBool::new(false));
-    let health_violations: Arc<Mutex<Vec<String>>> = Arc::default();
+    let health_violations: Arc<Mutex<Vec<Violation>>> = Arc::default();
     let rss: Arc<Mutex<Vec<RssSample>>> = Arc::default();
     let soak_start = Instant::now();
     let sampler = {
@@ -323,7 +328,10 @@ async fn main() {
                     let mut replicas = replicas.lock().unwrap();
                     for (i, r) in replicas.iter_mut().enumerate() {
                         if let Some(exit) = r.exited() {
-                            health_violations.lock().unwrap().push(exit);
+                            health_violations
+                                .lock()
+                                .unwrap()
+                                .push(violation(Invariant::ReplicaExit, exit));
                         }
                         if let Some(mib) = r.rss_mib() {
                             rss.lock().unwrap().push(RssSample {
@@ -400,10 +408,8 @@ async fn main() {
 
     // ---------------------------------------------------------------- convergence after the last fault
     let mut final_convergence = None;
-    let mut unconverged = Vec::new();
     while last_fault_end.elapsed() < CONVERGENCE_LIMIT * 2 {
-        unconverged = checker.unconverged();
-        if unconverged.is_empty() {
+        if checker.unconverged().is_empty() {
             final_convergence = Some(last_fault_end.elapsed());
             break;
         }
@@ -411,12 +417,19 @@ async fn main() {
     }
     match final_convergence {
         Some(t) if t <= CONVERGENCE_LIMIT => {}
-        Some(t) => violations.push(format!(
-            "converged {t:.1?} after the last fault and churn, over {CONVERGENCE_LIMIT:?}"
+        Some(t) => violations.push(violation(
+            Invariant::Convergence,
+            format!(
+                "converged {t:.1?} after the last fault and churn (as the checker's watch saw them), over {CONVERGENCE_LIMIT:?}"
+            ),
         )),
-        None => violations.push(format!(
-            "not converged {:?} after the last fault and churn: {unconverged:?}",
-            CONVERGENCE_LIMIT * 2
+        None => violations.push(violation(
+            Invariant::Convergence,
+            format!(
+                "not converged {:?} after the last fault and churn (as the checker's watch saw them): {}",
+                CONVERGENCE_LIMIT * 2,
+                checker.unconverged_detail(20)
+            ),
         )),
     }
     eprintln!("[soak] converged after the last fault in {final_convergence:.1?}");
@@ -432,8 +445,11 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     if all_placed.is_none() {
-        violations.push(format!(
-            "pods still gated {CONVERGENCE_LIMIT:?} after the last fault and churn: {still_gated:?}"
+        violations.push(violation(
+            Invariant::StillGated,
+            format!(
+                "pods still gated {CONVERGENCE_LIMIT:?} after the last fault and churn: {still_gated:?}"
+            ),
         ));
     }
     eprintln!("[soak] every gated pod placed {all_placed:.1?} after the last fault");
@@ -453,13 +469,21 @@ async fn main() {
         let mut replicas = replicas.lock().unwrap();
         for r in replicas.iter_mut() {
             if let Some(exit) = r.exited() {
-                health_violations.lock().unwrap().push(exit);
+                health_violations
+                    .lock()
+                    .unwrap()
+                    .push(violation(Invariant::ReplicaExit, exit));
             }
             clean_exits.push(r.terminate());
         }
     }
     violations.extend(health_violations.lock().unwrap().iter().cloned());
-    violations.extend(clean_exits.into_iter().flatten());
+    violations.extend(
+        clean_exits
+            .into_iter()
+            .flatten()
+            .map(|e| violation(Invariant::ReplicaExit, e)),
+    );
 
     // ---------------------------------------------------------------- witnesses
     let state = checker.lock();
@@ -469,7 +493,10 @@ async fn main() {
     let placed = checker::judge_placement(&state);
     violations.extend(placed.violations.iter().cloned());
     if placed.placed == 0 {
-        violations.push("no gated pod was placed: placement never worked".into());
+        violations.push(violation(
+            Invariant::PlacementUnexercised,
+            "no gated pod was placed: placement never worked",
+        ));
     }
     let terms = checker::terms(&state.lease);
     let requests = audit::read(&audit_log, &namespace);
@@ -490,20 +517,29 @@ async fn main() {
             m
         });
     if placement_writes.is_empty() {
-        violations.push("the audit log holds no patch of a placement pod by a replica".into());
+        violations.push(violation(
+            Invariant::PlacementUnexercised,
+            "the audit log holds no patch of a placement pod by a replica",
+        ));
     }
     if requests.is_empty() {
-        violations.push("the audit log holds no request of the replicas".into());
+        violations.push(violation(
+            Invariant::AuditEmpty,
+            "the audit log holds no request of the replicas",
+        ));
     }
     let rss = rss.lock().unwrap();
     let rss_growth = rss_growth(&rss);
     if args.long {
         for (replica, growth) in &rss_growth {
             if *growth > 0.10 {
-                violations.push(format!(
-                    "replica {} RSS grew {:.0}% over the soak",
-                    NAMES[*replica],
-                    growth * 100.0
+                violations.push(violation(
+                    Invariant::RssGrowth,
+                    format!(
+                        "replica {} RSS grew {:.0}% over the soak",
+                        NAMES[*replica],
+                        growth * 100.0
+                    ),
                 ));
             }
         }
@@ -610,6 +646,18 @@ async fn main() {
     .unwrap();
     writeln!(
         r,
+        "| the checker's pod watch: lists started / completed / errors; first list complete after | {} / {} / {}; {} |",
+        state.pod_watch.lists_started,
+        state.pod_watch.lists_done,
+        state.pod_watch.errors,
+        state
+            .pod_watch
+            .first_list_done
+            .map_or("never".into(), |t| format!("{t:.1} s"))
+    )
+    .unwrap();
+    writeln!(
+        r,
         "| mismatch episodes / OSVersionMismatch Events | {episodes} / {} |",
         state.events.values().map(|e| e.count).sum::<i32>()
     )
@@ -631,11 +679,7 @@ async fn main() {
     writeln!(
         r,
         "| placed with a selection where an image does not run | {} |",
-        placed
-            .violations
-            .iter()
-            .filter(|v| !v.contains("still gated"))
-            .count()
+        verdict::count(&placed.violations, Invariant::PlacementSelection)
     )
     .unwrap();
     writeln!(
@@ -680,11 +724,7 @@ async fn main() {
     writeln!(
         r,
         "| writes outside the writer's terms (+ renew deadline {renew_deadline:?}) | {} |",
-        judgement
-            .violations
-            .iter()
-            .filter(|v| v.contains("outside"))
-            .count()
+        verdict::count(&judgement.violations, Invariant::WriteOutsideTerm)
     )
     .unwrap();
     writeln!(
@@ -724,14 +764,10 @@ async fn main() {
         writeln!(r, "- {replica}: {}", list.join(", ")).unwrap();
     }
     writeln!(r, "\n### Verdict\n").unwrap();
-    if violations.is_empty() {
-        writeln!(r, "No invariant violated.").unwrap();
-    } else {
-        writeln!(r, "{} violations:\n", violations.len()).unwrap();
-        for v in violations.iter().take(50) {
-            writeln!(r, "- {v}").unwrap();
-        }
-    }
+    // Every violation, grouped by kind, in the run's directory (kept when the soak fails).
+    let violations_file = work.join("violations.txt");
+    std::fs::write(&violations_file, verdict::file_text(&violations)).unwrap();
+    r.push_str(&verdict::markdown(&violations, &violations_file));
     println!("{r}");
     if let Some(path) = &args.report {
         std::fs::write(path, &r).unwrap();
@@ -742,8 +778,13 @@ async fn main() {
     drop(state);
     if !violations.is_empty() {
         eprintln!(
-            "[soak] FAILED: {} violated invariants; seed {seed} (replay: scripts/soak{} --seed {seed}); logs and audit log in {}",
+            "[soak] FAILED: {} violated invariants ({}); seed {seed} (replay: scripts/soak{} --seed {seed}); logs and audit log in {}",
             violations.len(),
+            verdict::by_kind(&violations)
+                .iter()
+                .map(|(k, v)| format!("{}: {}", k.key(), v.len()))
+                .collect::<Vec<_>>()
+                .join(", "),
             if args.long { " --long" } else { "" },
             work.display()
         );

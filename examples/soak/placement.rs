@@ -279,6 +279,81 @@ pub fn selections(pod: &Pod) -> Vec<Selection> {
         .collect()
 }
 
+/// Everything the checker's judgement of a pod's placement rests on, in one line, so that a failing run
+/// can be analysed from its report alone: the containers' images (with the builds fixtures.sh pushed for
+/// each), the RuntimeClass and the isolation it means, the pull secrets, and every required
+/// nodeSelectorTerm as the API server returned it.
+pub fn describe(pod: &Pod) -> String {
+    let spec = pod.spec.clone().unwrap_or_default();
+    let images: Vec<String> = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .map(|c| ("init ", c))
+        .chain(spec.containers.iter().map(|c| ("", c)))
+        .map(|(init, c)| {
+            let reference = c.image.as_deref().unwrap_or("(none)");
+            let what = image_of(reference).map_or("not a test image".to_owned(), |i| {
+                format!("{:?} {:?}", i.kind, i.versions)
+            });
+            format!("{init}{} {reference} ({what})", c.name)
+        })
+        .collect();
+    let class = spec.runtime_class_name.as_deref();
+    let secrets: Vec<&str> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|s| s.name.as_str())
+        .collect();
+    let terms: Vec<String> = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+        .map(|r| {
+            r.node_selector_terms
+                .iter()
+                .map(|t| {
+                    let exprs: Vec<String> = t
+                        .match_expressions
+                        .iter()
+                        .flatten()
+                        .map(|e| {
+                            format!(
+                                "{} {} {:?}",
+                                e.key,
+                                e.operator,
+                                e.values.clone().unwrap_or_default()
+                            )
+                        })
+                        .collect();
+                    format!("{{{}}}", exprs.join(", "))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "images [{}], runtimeClass {} ({:?} isolation), imagePullSecrets {secrets:?}, required node affinity {}, gates {:?}",
+        images.join("; "),
+        class.unwrap_or("(none)"),
+        isolation_of(class),
+        if terms.is_empty() {
+            "none".to_owned()
+        } else {
+            terms.join(" or ")
+        },
+        spec.scheduling_gates
+            .iter()
+            .flatten()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>()
+    )
+}
+
 pub fn has_gate(pod: &Pod) -> bool {
     pod.spec
         .as_ref()
