@@ -92,7 +92,8 @@ pub struct Episodes {
     keys: LabelKeys,
     /// pod uid → container → flag: the episodes in progress.
     flagged: HashMap<String, BTreeMap<String, Flag>>,
-    /// Flagged pod uids seen during a re-list (only those); the others were deleted while the watch was down.
+    /// Flagged pod uids (and those in `published_early`) seen during a re-list, plus the pods whose Event
+    /// came in during it; the others were deleted while the watch was down.
     relist_seen: Option<HashSet<String>>,
     /// Episodes in progress whose Event is not known to be published (no leader when they began, or the
     /// write failed): the leader publishes them ([`Self::unreported`]).
@@ -147,6 +148,10 @@ impl Episodes {
         } else {
             let latest = self.published_early.entry(uid.to_owned()).or_insert(at);
             *latest = (*latest).max(at);
+            // Learnt during a re-list: as fresh as anything the re-list shows, so it survives its end.
+            if let Some(seen) = self.relist_seen.as_mut() {
+                seen.insert(uid.to_owned());
+            }
         }
     }
 
@@ -229,8 +234,13 @@ impl Episodes {
             Some(_) if !terminating => active_failures_confirmed(pod, confirmed),
             _ => Vec::new(),
         };
-        if failures.is_empty() {
-            // An Event seen for this pod belongs to an episode that is over: the next one needs its own.
+        // A pod seen not failing: an Event seen for it without a time belongs to an episode that is over (the
+        // next one needs its own). An Event with a time stays: the pod's status may be older than the Event
+        // (the two watches are not ordered, and a re-list shows the status as it was), and the time alone
+        // tells which episode it reports ([`reports`]). A pod on a node the index does not know yet is not
+        // judged at all.
+        let judged = node.is_none() || facts.is_some();
+        if failures.is_empty() && judged && self.published_early.get(&pod_ref.uid) == Some(&None) {
             self.published_early.remove(&pod_ref.uid);
         }
         let still_pulling = if terminating {
@@ -269,9 +279,10 @@ impl Episodes {
         if !effects.is_empty() {
             effects.push(self.annotation(&pod_ref));
         }
-        // Only flagged pods matter to relist_done: remembering every pod would keep one uid per pod of the
-        // cluster for the length of each re-list (~15 MiB at 150,000 pods).
-        if self.flagged.contains_key(&pod_ref.uid)
+        // Only flagged pods, and pods with an Event seen early, matter to relist_done: remembering every pod
+        // would keep one uid per pod of the cluster for the length of each re-list (~15 MiB at 150,000 pods).
+        if (self.flagged.contains_key(&pod_ref.uid)
+            || self.published_early.contains_key(&pod_ref.uid))
             && let Some(seen) = self.relist_seen.as_mut()
         {
             seen.insert(pod_ref.uid.clone());
@@ -637,6 +648,71 @@ mod tests {
         // A later Event of the same pod (the second episode's) then reports it.
         e.published("u1", Some(at("2026-11-30T10:05:00.200Z")));
         assert!(unreported(&e).is_empty());
+    }
+
+    // Found by the chaos soak (seed 1796106101): a new leader published a second Event for 13 episodes its
+    // predecessor had reported. This replica saw the leader's Event before its pod watch showed the failure,
+    // and the pod watch's re-list (after a 410) ended in between: the re-list kept only flagged pods' Events.
+    #[test]
+    fn an_event_seen_early_survives_a_relist_that_ends_before_the_failure_is_seen() {
+        let event = Some(at("2026-11-30T10:00:00.300Z"));
+        let observe_around_a_relist = |e: &mut Episodes, publish: bool| {
+            e.relist_started();
+            e.pod_observed(&pod("u1", json!({})), Some(&ws2019()));
+            if publish {
+                e.published("u1", event);
+            }
+            e.relist_done();
+            e.pod_observed(
+                &failing_since("u1", "2026-11-30T10:00:00Z"),
+                Some(&ws2019()),
+            );
+        };
+        // Positive control: without the leader's Event the episode is this replica's to report.
+        let mut e = episodes();
+        observe_around_a_relist(&mut e, false);
+        assert_eq!(unreported(&e), ["u1 app"]);
+        let mut e = episodes();
+        observe_around_a_relist(&mut e, true);
+        assert!(unreported(&e).is_empty(), "{:?}", unreported(&e));
+        // Seen before the re-list began, the pod in the re-list with a status older than the Event: kept too.
+        let mut e = episodes();
+        e.published("u1", event);
+        e.relist_started();
+        e.pod_observed(&pod("u1", json!({})), Some(&ws2019()));
+        e.relist_done();
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:00:00Z"),
+            Some(&ws2019()),
+        );
+        assert!(unreported(&e).is_empty());
+        // A pod missing from the re-list was deleted meanwhile: its Event is forgotten.
+        let mut e = episodes();
+        e.published("u1", event);
+        e.relist_started();
+        e.relist_done();
+        e.pod_observed(
+            &failing_since("u1", "2026-11-30T10:00:00Z"),
+            Some(&ws2019()),
+        );
+        assert_eq!(unreported(&e), ["u1 app"]);
+    }
+
+    #[test]
+    fn an_event_seen_early_survives_the_pod_seen_on_a_node_not_yet_indexed() {
+        // Without a time the Event is forgotten when the pod is seen not failing; a pod whose node the index
+        // does not know yet is not seen either way.
+        let mut e = episodes();
+        e.published("u1", None);
+        e.pod_observed(&running("u1"), None);
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert!(unreported(&e).is_empty(), "{:?}", unreported(&e));
+        // Positive control: the same pod seen running on a known node ends what the Event reported.
+        let mut e = episodes();
+        e.published("u1", None);
+        e.pod_observed(&running("u1"), Some(&ws2019()));
+        e.pod_observed(&crash_looping("u1"), Some(&ws2019()));
+        assert_eq!(unreported(&e), ["u1 app"]);
     }
 
     #[test]
