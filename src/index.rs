@@ -39,8 +39,9 @@ pub fn node_inputs_hash(node: &IndexedNode, keys: &LabelKeys) -> u64 {
     h.finish()
 }
 
-/// Becomes `true` once the Node watch has listed every node. (Not `Store::wait_until_ready`: in kube-runtime
-/// 5.0 it wakes only the last of several concurrent waiters.)
+/// Becomes `true` once the Node watch has listed every node, and is sent again (a change to receivers) each
+/// time a re-list completes, after the store took it in. (Not `Store::wait_until_ready`: in kube-runtime 5.0
+/// it wakes only the last of several concurrent waiters.)
 pub type NodesSynced = tokio::sync::watch::Receiver<bool>;
 
 /// Starts the one Node watch (only nodes matching `selector`, if given) and the probe that notices when a
@@ -107,13 +108,18 @@ pub fn watch_nodes(
     let stream = initial_state_watcher(api, config, strategy, NODE_WATCH)
         .map(move |event| {
             observe_watch(&health, &metrics, NODE_WATCH, &event);
+            event
+        })
+        .modify(move |node| *node = std::mem::take(node).trim(&trim_keys))
+        .reflect(writer)
+        // After the store has taken the whole list in: whoever wakes on the signal reads the listed state.
+        // Sent at every (re-)list, not only the first (the node loop sweeps the index then).
+        .map(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
                 synced_tx.send_replace(true);
             }
             event
         })
-        .modify(move |node| *node = std::mem::take(node).trim(&trim_keys))
-        .reflect(writer)
         .applied_objects()
         .predicate_filter(
             move |node: &IndexedNode| Some(node_inputs_hash(node, &keys)),

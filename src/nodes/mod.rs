@@ -122,7 +122,7 @@ async fn run(
     loop {
         // Nothing runs before the index has every node (as kube-runtime's Controller waited for its store):
         // the initial state queues every node once, and the reconciles read the whole index.
-        let ready = *synced.borrow_and_update();
+        let ready = *synced.borrow();
         if ready && !stopping {
             while in_flight.len() < concurrency {
                 let Some(name) = queue.start_next() else {
@@ -158,7 +158,15 @@ async fn run(
             }
             _ = resync.tick(), if !stopping => push_every_node(&shared, &mut queue),
             Some(()) = became_leader.next(), if !stopping => push_every_node(&shared, &mut queue),
-            Ok(()) = synced.changed(), if !ready => {}
+            // Every (re-)list that completes: during a re-list (after a 410) the index still serves the
+            // old state until the list is whole, so a node reconciled then read its old inputs, or was not
+            // there yet; now that the index holds the list, go over every node (a plan per node, writes only
+            // where labels are wrong). Found by tests/faults.rs `expired_watch_410_relists`.
+            Ok(()) = synced.changed(), if !stopping => {
+                if *synced.borrow_and_update() {
+                    push_every_node(&shared, &mut queue);
+                }
+            }
             () = shutdown.cancelled(), if !stopping => {
                 // Graceful: what runs finishes, nothing new starts.
                 stopping = true;
