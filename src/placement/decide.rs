@@ -466,15 +466,7 @@ mod tests {
         hosts: &[ClusterHost],
         late: bool,
     ) -> Decision {
-        decide(&Inputs {
-            pod,
-            images,
-            isolation: Isolation::Process,
-            hosts,
-            deadline_passed: late,
-            osbuild_key: KEY,
-            unread: Unread::default(),
-        })
+        decide_unread_on(pod, images, hosts, Unread::default(), late)
     }
 
     fn released(d: Decision) -> Release {
@@ -686,11 +678,21 @@ mod tests {
         unread: Unread<'_>,
         late: bool,
     ) -> Decision {
+        decide_unread_on(pod, images, &hosts(), unread, late)
+    }
+
+    fn decide_unread_on(
+        pod: &Pod,
+        images: &[ImageResult],
+        hosts: &[ClusterHost],
+        unread: Unread<'_>,
+        late: bool,
+    ) -> Decision {
         decide(&Inputs {
             pod,
             images,
             isolation: Isolation::Process,
-            hosts: &hosts(),
+            hosts,
             deadline_passed: late,
             osbuild_key: KEY,
             unread,
