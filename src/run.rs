@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use kube::Client;
+use kube::runtime::events::Recorder;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClusterArgs, RunArgs};
@@ -52,7 +53,8 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         &mut tasks,
     );
     let shared = Arc::new(Shared {
-        recorder: shared::recorder(&client, args.pod_name.clone()),
+        recorder: Recorder::new(client.clone(), shared::reporter(args.pod_name.clone())),
+        reporter: shared::reporter(args.pod_name.clone()),
         client,
         keys,
         metrics: metrics.clone(),

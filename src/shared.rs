@@ -1,17 +1,20 @@
 //! What every loop of the controller process shares: one kube client, the label keys, one metrics registry,
-//! one Event recorder, the leadership, the health state, and the Node index. Built once by `run.rs` and
+//! the Event reporter, the leadership, the health state, and the Node index. Built once by `run.rs` and
 //! handed to each loop as `Arc<Shared>`; each loop adds only its own options.
 
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ObjectReference;
-use kube::Client;
+use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::PostParams;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Client};
 
 use crate::FIELD_MANAGER;
 use crate::core::labels::LabelKeys;
-use crate::events::{api_error_category, truncate_note};
+use crate::events::{api_error_category, one_off_event, truncate_note};
 use crate::health::Health;
 use crate::index::NodesSynced;
 use crate::indexed_node::IndexedNode;
@@ -33,18 +36,21 @@ pub struct Shared {
     pub nodes: Store<IndexedNode>,
     /// Becomes true once the Node index has listed every node.
     pub nodes_synced: NodesSynced,
+    /// Events that repeat (a node's warning, every reconcile until fixed): kube-runtime's Recorder counts a
+    /// repeat within 6 minutes as a series of the first Event.
     pub recorder: Recorder,
+    /// Who reports Events that happen once (`publish_once`).
+    pub reporter: Reporter,
     /// `--initial-list`: how every watch gets its initial state.
     pub initial_list: InitialList,
 }
 
-/// The Event recorder of this process: reports as the controller, and as the pod when its name is known.
-pub fn recorder(client: &Client, pod_name: Option<String>) -> Recorder {
-    let reporter = Reporter {
+/// Who reports this process's Events: the controller, and the pod when its name is known.
+pub fn reporter(pod_name: Option<String>) -> Reporter {
+    Reporter {
         controller: FIELD_MANAGER.to_owned(),
         instance: pod_name,
-    };
-    Recorder::new(client.clone(), reporter)
+    }
 }
 
 impl Shared {
@@ -60,10 +66,10 @@ impl Shared {
             .map(|n| node_facts(&*n))
     }
 
-    /// Publishes an Event when this replica may write; returns whether it was written. A failure is logged
-    /// and counted under `controller` with the API error's category, never fatal: what the Event reports on
-    /// stands without it.
-    pub async fn publish(
+    /// Publishes an Event that repeats (every reconcile of a node while its warning stands) when this
+    /// replica may write: a repeat within kube-runtime's 6 minutes patches the first Event's series instead
+    /// of creating another. Returns whether it was written.
+    pub async fn publish_repeating(
         &self,
         controller: &'static str,
         reference: &ObjectReference,
@@ -83,7 +89,51 @@ impl Shared {
             secondary: None,
         };
         let result = self.recorder.publish(&event, reference).await;
-        if let Err(err) = &result {
+        self.published(controller, reference, reason, &result)
+    }
+
+    /// Publishes an Event that happens once (a pod's mismatch episode, a pod placed) when this replica may
+    /// write: created whole, nothing remembered. (The Recorder would keep each one 6 minutes to merge
+    /// repeats that never come: ~0.7 MB on a busy leader.) Returns whether it was written.
+    pub async fn publish_once(
+        &self,
+        controller: &'static str,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) -> bool {
+        if !self.may_write() {
+            return false;
+        }
+        let event = one_off_event(
+            &self.reporter,
+            reference,
+            type_,
+            reason,
+            action,
+            note,
+            Timestamp::now(),
+        );
+        let namespace = reference.namespace.as_deref().unwrap_or("default");
+        let result = Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
+            .create(&PostParams::default(), &event)
+            .await
+            .map(|_| ());
+        self.published(controller, reference, reason, &result)
+    }
+
+    /// Counts and logs a failed publish under `controller` with the API error's category, never fatal: what
+    /// the Event reports on stands without it.
+    fn published(
+        &self,
+        controller: &'static str,
+        reference: &ObjectReference,
+        reason: &str,
+        result: &Result<(), kube::Error>,
+    ) -> bool {
+        if let Err(err) = result {
             let category = api_error_category(err);
             self.metrics.api_error(controller, category);
             tracing::warn!(

@@ -565,6 +565,20 @@ async fn main() {
         placement::IMAGES.len()
     )
     .unwrap();
+    let binary = std::env::var("OSBUILD_CONTROLLER_BIN").unwrap_or_default();
+    writeln!(
+        r,
+        "Controller binary: `{}` ({}).\n",
+        binary
+            .rsplit_once("/target/")
+            .map_or(binary.as_str(), |(_, tail)| tail),
+        if binary.contains("-linux-musl/") {
+            "the image's static musl build: run with `scripts/soak --musl`"
+        } else {
+            "the host's glibc build"
+        }
+    )
+    .unwrap();
     writeln!(
         r,
         "### Faults injected\n\n| at (s) | fault | what | healed after (s) |\n|---|---|---|---|"

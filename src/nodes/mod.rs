@@ -327,7 +327,7 @@ fn describe_change(
 async fn publish(shared: &Shared, node: &IndexedNode, reason: &str, note: String) {
     let reference = node.object_ref(&());
     shared
-        .publish(
+        .publish_repeating(
             CONTROLLER,
             &reference,
             EventType::Warning,

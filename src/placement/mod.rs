@@ -390,7 +390,7 @@ async fn apply(
         EventType::Normal
     };
     shared
-        .publish(
+        .publish_once(
             CONTROLLER,
             &reference,
             type_,

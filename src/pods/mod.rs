@@ -460,7 +460,7 @@ async fn report(shared: &Shared, flag: &Flag, message: String) -> bool {
         ..Default::default()
     };
     shared
-        .publish(
+        .publish_once(
             CONTROLLER,
             &reference,
             EventType::Warning,
