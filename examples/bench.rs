@@ -451,6 +451,9 @@ struct GrowthPoint {
     pods: usize,
     ready: Duration,
     peak_rss_kib: u64,
+    /// RSS once ready and quiet (VmRSS before the stop): what the process keeps, without the initial
+    /// stream's transient buffers that the peak includes.
+    quiet_rss_kib: u64,
     cpu_seconds: f64,
     /// The controller's requests (its FlowSchema's dispatched counter) from start to quiet.
     requests: f64,
@@ -540,14 +543,16 @@ async fn growth(
                 pods,
                 ready,
                 peak_rss_kib: usage.peak_rss_kib,
+                quiet_rss_kib: usage.rss_kib,
                 cpu_seconds: usage.cpu_seconds,
                 requests: c.controller,
                 lists: c.lists,
             };
             log(format!(
-                "growth: N={nodes} P={pods}: ready {}, peak RSS {}, CPU {:.2} s, {} requests",
+                "growth: N={nodes} P={pods}: ready {}, peak RSS {}, quiet RSS {}, CPU {:.2} s, {} requests",
                 secs(ready),
                 mib(point.peak_rss_kib),
+                mib(point.quiet_rss_kib),
                 point.cpu_seconds,
                 point.requests
             ));
@@ -653,12 +658,12 @@ fn draw_growth(path: &Path, points: &[GrowthPoint]) -> Result<()> {
     draw().map_err(|e| anyhow!("drawing {}: {e}", path.display()))
 }
 
-/// Marginal cost per node (KiB) at each pod count, and per pod seen (bytes) at each node count, from the
-/// smallest and largest points of each line.
+/// Marginal cost per node (KiB) at each pod count, and per pod seen (bytes) at each node count, of the
+/// memory `rss_kib` picks from each point (peak or quiet), from the smallest and largest points of each line.
 /// (count, marginal cost) pairs.
 type Marginals = Vec<(usize, f64)>;
 
-fn marginals(points: &[GrowthPoint]) -> (Marginals, Marginals) {
+fn marginals(points: &[GrowthPoint], rss_kib: fn(&GrowthPoint) -> u64) -> (Marginals, Marginals) {
     let at = |n: usize, p: usize| points.iter().find(|g| g.nodes == n && g.pods == p);
     let mut ns: Vec<usize> = points.iter().map(|p| p.nodes).collect();
     ns.sort_unstable();
@@ -666,16 +671,14 @@ fn marginals(points: &[GrowthPoint]) -> (Marginals, Marginals) {
     let mut ps: Vec<usize> = points.iter().map(|p| p.pods).collect();
     ps.sort_unstable();
     ps.dedup();
+    let grown = |a: &GrowthPoint, b: &GrowthPoint| rss_kib(b) as f64 - rss_kib(a) as f64;
     let mut per_node = Vec::new();
     if let (Some(&n0), Some(&n1)) = (ns.first(), ns.last()) {
         for &p in &ps {
             if let (Some(a), Some(b)) = (at(n0, p), at(n1, p))
                 && n1 > n0
             {
-                per_node.push((
-                    p,
-                    (b.peak_rss_kib as f64 - a.peak_rss_kib as f64) / (n1 - n0) as f64,
-                ));
+                per_node.push((p, grown(a, b) / (n1 - n0) as f64));
             }
         }
     }
@@ -685,10 +688,7 @@ fn marginals(points: &[GrowthPoint]) -> (Marginals, Marginals) {
             if let (Some(a), Some(b)) = (at(n, p0), at(n, p1))
                 && p1 > p0
             {
-                per_pod.push((
-                    n,
-                    (b.peak_rss_kib as f64 - a.peak_rss_kib as f64) * 1024.0 / (p1 - p0) as f64,
-                ));
+                per_pod.push((n, grown(a, b) * 1024.0 / (p1 - p0) as f64));
             }
         }
     }
@@ -2233,30 +2233,36 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
     if !r.growth.is_empty() || !r.growth_missing.is_empty() {
         let _ = writeln!(
             w,
-            "\n## Growth\n\nA controller started with every label right, watching N nodes (`--node-selector` on the tier label) and all P pods, until ready and quiet.\n\n| N | P | ready | peak RSS | CPU | controller requests | LIST requests |\n|---|---|---|---|---|---|---|"
+            "\n## Growth\n\nA controller started with every label right, watching N nodes (`--node-selector` on the tier label) and all P pods, until ready and quiet.\n\n| N | P | ready | peak RSS | RSS when quiet | CPU | controller requests | LIST requests |\n|---|---|---|---|---|---|---|---|"
         );
         for g in &r.growth {
             let _ = writeln!(
                 w,
-                "| {} | {} | {} | {} | {:.2} s | {} | {} |",
+                "| {} | {} | {} | {} | {} | {:.2} s | {} | {} |",
                 g.nodes,
                 g.pods,
                 secs(g.ready),
                 mib(g.peak_rss_kib),
+                mib(g.quiet_rss_kib),
                 g.cpu_seconds,
                 g.requests,
                 g.lists
             );
         }
-        let (per_node, per_pod) = marginals(&r.growth);
-        for (p, kib) in per_node {
-            let _ = writeln!(w, "\nMarginal peak RSS per node at P = {p}: {kib:.2} KiB.");
-        }
-        for (n, bytes) in per_pod {
-            let _ = writeln!(
-                w,
-                "\nMarginal peak RSS per pod seen at N = {n}: {bytes:.1} bytes."
-            );
+        for (what, rss_kib) in [
+            ("peak RSS", (|g| g.peak_rss_kib) as fn(&GrowthPoint) -> u64),
+            ("RSS when quiet (kept)", |g| g.quiet_rss_kib),
+        ] {
+            let (per_node, per_pod) = marginals(&r.growth, rss_kib);
+            for (p, kib) in per_node {
+                let _ = writeln!(w, "\nMarginal {what} per node at P = {p}: {kib:.2} KiB.");
+            }
+            for (n, bytes) in per_pod {
+                let _ = writeln!(
+                    w,
+                    "\nMarginal {what} per pod seen at N = {n}: {bytes:.1} bytes."
+                );
+            }
         }
         for m in &r.growth_missing {
             let _ = writeln!(w, "\nNot measured: {m}.");

@@ -11,6 +11,7 @@ mod checker;
 mod faults;
 mod placement;
 mod replicas;
+mod rss;
 mod verdict;
 mod workload;
 
@@ -34,6 +35,7 @@ use serde_json::{Value, json};
 
 use checker::Checker;
 use replicas::{Flags, NAMES, Replica};
+use rss::{RssSample, led_at, rss_growth};
 use verdict::{Invariant, Violation, violation};
 use workload::{ChurnStats, Sizes, Workload};
 
@@ -138,13 +140,6 @@ fn percentile(values: &[f64], p: f64) -> f64 {
     let mut v = values.to_vec();
     v.sort_by(f64::total_cmp);
     v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-struct RssSample {
-    at: f64,
-    replica: usize,
-    incarnation: u32,
-    mib: f64,
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -336,6 +331,7 @@ async fn main() {
                         if let Some(mib) = r.rss_mib() {
                             rss.lock().unwrap().push(RssSample {
                                 at: soak_start.elapsed().as_secs_f64(),
+                                wall: k8s_openapi::jiff::Timestamp::now(),
                                 replica: i,
                                 incarnation: r.incarnation,
                                 mib,
@@ -529,16 +525,17 @@ async fn main() {
         ));
     }
     let rss = rss.lock().unwrap();
-    let rss_growth = rss_growth(&rss);
+    let rss_growth = rss_growth(&rss, &terms);
     if args.long {
-        for (replica, growth) in &rss_growth {
-            if *growth > 0.10 {
+        for g in &rss_growth {
+            if g.growth > 0.10 {
                 violations.push(violation(
                     Invariant::RssGrowth,
                     format!(
-                        "replica {} RSS grew {:.0}% over the soak",
-                        NAMES[*replica],
-                        growth * 100.0
+                        "replica {} RSS grew {:.0}% over the soak ({})",
+                        NAMES[g.replica],
+                        g.growth * 100.0,
+                        g.compared.describe()
                     ),
                 ));
             }
@@ -751,12 +748,13 @@ async fn main() {
         }
     )
     .unwrap();
-    for (replica, growth) in &rss_growth {
+    for g in &rss_growth {
         writeln!(
             r,
-            "| RSS of replica {} (longest-lived process): growth over its life | {:+.1}% |",
-            NAMES[*replica],
-            growth * 100.0
+            "| RSS of replica {} (longest-lived process): growth over its life, {} | {:+.1}% |",
+            NAMES[g.replica],
+            g.compared.describe(),
+            g.growth * 100.0
         )
         .unwrap();
     }
@@ -787,7 +785,7 @@ async fn main() {
         std::fs::write(path, &r).unwrap();
     }
     if let Some(path) = &args.plot {
-        plot(path, &rss);
+        plot(path, &rss, &terms);
     }
     drop(state);
     if !violations.is_empty() {
@@ -808,33 +806,18 @@ async fn main() {
     let _ = std::fs::remove_dir_all(&work);
 }
 
-/// Per replica, the growth of its longest-lived process's RSS: the mean of its last fifth over the mean of
-/// the fifth after its first (warm-up) fifth.
-fn rss_growth(samples: &[RssSample]) -> Vec<(usize, f64)> {
-    let mut out = Vec::new();
-    for replica in 0..NAMES.len() {
-        let mut by_incarnation: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
-        for s in samples.iter().filter(|s| s.replica == replica) {
-            by_incarnation.entry(s.incarnation).or_default().push(s.mib);
-        }
-        let Some(longest) = by_incarnation.values().max_by_key(|v| v.len()) else {
-            continue;
-        };
-        let n = longest.len();
-        if n < 10 {
-            continue;
-        }
-        let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
-        let early = mean(&longest[n / 5..2 * n / 5]);
-        let late = mean(&longest[4 * n / 5..]);
-        out.push((replica, late / early - 1.0));
-    }
-    out
-}
-
 /// RSS (MiB) of each replica over the soak's seconds, one colour per replica (a, b, c: red, blue, green),
-/// a gap where a process was killed and restarted. No text: plotters' text needs system fonts.
-fn plot(path: &std::path::Path, samples: &[RssSample]) {
+/// thick while it led, a gap where a process was killed and restarted. No text: plotters' text needs
+/// system fonts.
+fn plot(
+    path: &std::path::Path,
+    samples: &[RssSample],
+    terms: &[(
+        String,
+        k8s_openapi::jiff::Timestamp,
+        k8s_openapi::jiff::Timestamp,
+    )],
+) {
     use plotters::prelude::*;
     let x_max = samples.iter().map(|s| s.at).fold(1.0, f64::max);
     let y_max = samples.iter().map(|s| s.mib).fold(1.0, f64::max) * 1.15;
@@ -877,6 +860,31 @@ fn plot(path: &std::path::Path, samples: &[RssSample]) {
         for points in incarnations.into_values() {
             chart
                 .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+                .unwrap();
+        }
+        // Each stretch of consecutive samples taken while the replica led, drawn again, thick.
+        let mut stretch: Vec<(f64, f64)> = Vec::new();
+        let mut previous: Option<u32> = None;
+        for s in samples.iter().filter(|s| s.replica == replica) {
+            if !led_at(terms, replica, s.wall) || previous != Some(s.incarnation) {
+                if stretch.len() > 1 {
+                    chart
+                        .draw_series(LineSeries::new(
+                            std::mem::take(&mut stretch),
+                            colour.stroke_width(5),
+                        ))
+                        .unwrap();
+                }
+                stretch.clear();
+            }
+            if led_at(terms, replica, s.wall) {
+                stretch.push((s.at, s.mib));
+            }
+            previous = Some(s.incarnation);
+        }
+        if stretch.len() > 1 {
+            chart
+                .draw_series(LineSeries::new(stretch, colour.stroke_width(5)))
                 .unwrap();
         }
     }
