@@ -34,6 +34,8 @@ struct NodeTrack {
     pending_since: Option<Instant>,
     tamper: Option<u64>,
     tamper_since: Option<Instant>,
+    /// The soak's second at which the hand edit began (for the report's slowest repair).
+    tamper_at: f64,
 }
 
 /// One version of the Lease as the checker saw it.
@@ -80,6 +82,9 @@ pub struct State {
     /// (seconds into the soak, seconds until our labels matched a new kernelVersion state).
     pub latencies: Vec<(f64, f64)>,
     pub tamper_repairs: Vec<f64>,
+    /// The slowest repair of a hand edit: (seconds, node, the soak's second the edit began), so it can
+    /// be looked up in the replicas' logs.
+    pub slowest_repair: Option<(f64, String, f64)>,
     pub lease: Vec<LeaseRecord>,
     pub episodes: HashMap<String, Vec<Episode>>,
     pub events: HashMap<String, Published>,
@@ -314,9 +319,11 @@ impl Checker {
     /// The harness is about to edit our labels on `node` by hand.
     pub fn tamper_begin(&self, node: &str) {
         let mut s = self.lock();
+        let at = s.since_start();
         let track = s.nodes.entry(node.to_owned()).or_default();
         track.tamper = Some(TAMPER_IN_FLIGHT);
         track.tamper_since = Some(Instant::now());
+        track.tamper_at = at;
     }
 
     /// The hand edit landed at `rv` (`None`: unknown whether it landed; the node stays excused until the end).
@@ -469,7 +476,10 @@ impl State {
                 && track.states.last() == Some(&track.ours)
             {
                 track.tamper = None;
-                repaired = track.tamper_since.take().map(|s| s.elapsed().as_secs_f64());
+                repaired = track
+                    .tamper_since
+                    .take()
+                    .map(|s| (s.elapsed().as_secs_f64(), track.tamper_at));
             }
             if track.states.last() == Some(&track.ours)
                 && let Some(since) = track.pending_since.take()
@@ -489,8 +499,15 @@ impl State {
         if let Some(l) = latency {
             self.latencies.push((at, l));
         }
-        if let Some(r) = repaired {
-            self.tamper_repairs.push(r);
+        if let Some((seconds, edited_at)) = repaired {
+            self.tamper_repairs.push(seconds);
+            if self
+                .slowest_repair
+                .as_ref()
+                .is_none_or(|(slowest, _, _)| seconds > *slowest)
+            {
+                self.slowest_repair = Some((seconds, name.clone(), edited_at));
+            }
         }
     }
 

@@ -640,10 +640,15 @@ async fn main() {
     writeln!(r, "| labels matching a new kernelVersion, p50 / p99 / max | {:.2} / {:.2} / {:.2} s ({} changes) |", percentile(&latencies, 0.5), percentile(&latencies, 0.99), percentile(&latencies, 1.0), latencies.len()).unwrap();
     writeln!(
         r,
-        "| hand edits repaired, p50 / max | {:.2} / {:.2} s ({}) |",
+        "| hand edits repaired, p50 / max | {:.2} / {:.2} s ({}){} |",
         percentile(&state.tamper_repairs, 0.5),
         percentile(&state.tamper_repairs, 1.0),
-        state.tamper_repairs.len()
+        state.tamper_repairs.len(),
+        state
+            .slowest_repair
+            .as_ref()
+            .map(|(_, node, at)| format!("; the slowest: node {node}, edited at {at:.0} s"))
+            .unwrap_or_default()
     )
     .unwrap();
     writeln!(
