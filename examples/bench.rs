@@ -2077,14 +2077,17 @@ fn report(args: &Args, r: &Results, versions: &[(String, String)]) -> String {
         secs(r.restart_ready),
         verdict(r.restart_ready <= Duration::from_secs(10) && restart_lists == 0.0)
     );
-    let _ = writeln!(
-        w,
-        "| the same restart with paged lists (`--initial-list=paged`, the fallback) | ready {}; list requests {}; peak RSS {}; CPU {:.2} s | | |",
-        secs(r.restart_paged_ready),
-        r.restart_paged.as_ref().map_or(f64::NAN, |c| c.lists),
-        mib(r.restart_paged_usage.peak_rss_kib),
-        r.restart_paged_usage.cpu_seconds
-    );
+    // Only when measured (`--no-paged-restart` skips it).
+    if let Some(paged) = &r.restart_paged {
+        let _ = writeln!(
+            w,
+            "| the same restart with paged lists (`--initial-list=paged`, the fallback) | ready {}; list requests {}; peak RSS {}; CPU {:.2} s | | |",
+            secs(r.restart_paged_ready),
+            paged.lists,
+            mib(r.restart_paged_usage.peak_rss_kib),
+            r.restart_paged_usage.cpu_seconds
+        );
+    }
     let _ = writeln!(
         w,
         "| controller CPU, cold start (process start → all labelled) | {:.2} s | | |",
