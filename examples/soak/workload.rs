@@ -151,6 +151,12 @@ pub struct PodModel {
     name: String,
     failing_since: Option<Instant>,
     restarts: i32,
+    /// A status write to this pod failed or was cut off (a fault, the churn's timeout), so whether it
+    /// landed is unknown and the model may not be the pod's status. Such a pod is churned no more: writing
+    /// a new failure onto a pod still failing (the recovery lost) would move ContainersReady's transition
+    /// time without a transition, which no kubelet does, and the checker would date a new episode the
+    /// controller rightly does not see (found by the soak with seed 20261204).
+    uncertain: bool,
 }
 
 #[derive(Default)]
@@ -277,6 +283,7 @@ impl Workload {
                 name,
                 failing_since: None,
                 restarts: 0,
+                uncertain: false,
             })
             .collect();
     }
@@ -366,7 +373,7 @@ impl Workload {
                     .is_some_and(|s| now - s > Duration::from_secs(40))
             };
             let recover: Vec<usize> = (0..self.pods.len())
-                .filter(|&i| long_enough(&self.pods[i]))
+                .filter(|&i| !self.pods[i].uncertain && long_enough(&self.pods[i]))
                 .collect();
             let failing = self
                 .pods
@@ -381,7 +388,7 @@ impl Workload {
                 (i, running_status(pod.restarts))
             } else if failing < self.pods.len() / 10 + 1 {
                 let idle: Vec<usize> = (0..self.pods.len())
-                    .filter(|&i| self.pods[i].failing_since.is_none())
+                    .filter(|&i| !self.pods[i].uncertain && self.pods[i].failing_since.is_none())
                     .collect();
                 let Some(&i) = idle.choose(rng) else { return };
                 let shape = *[Shape::Waiting, Shape::CrashLoop, Shape::CannotRun]
@@ -396,14 +403,19 @@ impl Workload {
                 return;
             };
             let name = self.pods[index].name.clone();
-            self.pod_api()
+            // Uncertain until the answer says it landed; stays so when it fails or is cut off.
+            self.pods[index].uncertain = true;
+            let result = self
+                .pod_api()
                 .patch_status(
                     &name,
                     &PatchParams::default(),
                     &Patch::Merge(&json!({ "status": status })),
                 )
                 .await
-                .map(|_| ())
+                .map(|_| ());
+            self.pods[index].uncertain = result.is_err();
+            result
         };
         if result.is_err() {
             stats.errors.fetch_add(1, Ordering::Relaxed);
