@@ -525,6 +525,20 @@ async fn main() {
         ));
     }
     let rss = rss.lock().unwrap();
+    // Every sample with its role, kept with the logs (target/soak/<seed>/rss.csv) for a look at a growth.
+    let csv: String = std::iter::once("seconds,replica,incarnation,leader,mib\n".to_owned())
+        .chain(rss.iter().map(|s| {
+            format!(
+                "{:.1},{},{},{},{:.2}\n",
+                s.at,
+                NAMES[s.replica],
+                s.incarnation,
+                led_at(&terms, s.replica, s.wall),
+                s.mib
+            )
+        }))
+        .collect();
+    let _ = std::fs::write(work.join("rss.csv"), csv);
     let rss_growth = rss_growth(&rss, &terms);
     if args.long {
         for g in &rss_growth {
