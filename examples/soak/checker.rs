@@ -36,6 +36,23 @@ struct NodeTrack {
     tamper_since: Option<Instant>,
     /// The soak's second at which the hand edit began (for the report's slowest repair).
     tamper_at: f64,
+    /// The resourceVersion of the latest observation.
+    seen_rv: u64,
+}
+
+impl NodeTrack {
+    /// When the hand edit's version is known and a later observation has our labels right again: ends the
+    /// edit and returns (seconds it took, the second it began).
+    fn repaired(&mut self) -> Option<(f64, f64)> {
+        let t = self.tamper?;
+        if t == TAMPER_IN_FLIGHT || self.seen_rv <= t || self.states.last() != Some(&self.ours) {
+            return None;
+        }
+        self.tamper = None;
+        self.tamper_since
+            .take()
+            .map(|s| (s.elapsed().as_secs_f64(), self.tamper_at))
+    }
 }
 
 /// One version of the Lease as the checker saw it.
@@ -327,9 +344,16 @@ impl Checker {
     }
 
     /// The hand edit landed at `rv` (`None`: unknown whether it landed; the node stays excused until the end).
+    /// The controller's repair may have been observed before the edit's own answer came back: then it counts
+    /// now, not at the node's next change.
     pub fn tamper_done(&self, node: &str, rv: Option<u64>) {
-        if let Some(track) = self.lock().nodes.get_mut(node) {
+        let mut s = self.lock();
+        let repaired = s.nodes.get_mut(node).and_then(|track| {
             track.tamper = Some(rv.unwrap_or(TAMPER_IN_FLIGHT));
+            track.repaired()
+        });
+        if let Some(repair) = repaired {
+            s.credit_repair(node, repair);
         }
     }
 
@@ -432,6 +456,18 @@ fn kernel(node: &Node) -> String {
 }
 
 impl State {
+    /// Counts a repaired hand edit (seconds it took, the second it began), keeping the slowest.
+    fn credit_repair(&mut self, node: &str, (seconds, edited_at): (f64, f64)) {
+        self.tamper_repairs.push(seconds);
+        if self
+            .slowest_repair
+            .as_ref()
+            .is_none_or(|(slowest, _, _)| seconds > *slowest)
+        {
+            self.slowest_repair = Some((seconds, node.to_owned(), edited_at));
+        }
+    }
+
     fn since_start(&self) -> f64 {
         self.started.map_or(0.0, |s| s.elapsed().as_secs_f64())
     }
@@ -444,7 +480,7 @@ impl State {
         let rv = rv(node);
         let mut wrong = None;
         let mut latency = None;
-        let mut repaired = None;
+        let repaired;
         let mut changed = false;
         {
             let track = self.nodes.entry(name.clone()).or_default();
@@ -470,17 +506,8 @@ impl State {
                 }
                 track.ours = ours;
             }
-            if let Some(t) = track.tamper
-                && t != TAMPER_IN_FLIGHT
-                && rv > t
-                && track.states.last() == Some(&track.ours)
-            {
-                track.tamper = None;
-                repaired = track
-                    .tamper_since
-                    .take()
-                    .map(|s| (s.elapsed().as_secs_f64(), track.tamper_at));
-            }
+            track.seen_rv = track.seen_rv.max(rv);
+            repaired = track.repaired();
             if track.states.last() == Some(&track.ours)
                 && let Some(since) = track.pending_since.take()
             {
@@ -499,15 +526,8 @@ impl State {
         if let Some(l) = latency {
             self.latencies.push((at, l));
         }
-        if let Some((seconds, edited_at)) = repaired {
-            self.tamper_repairs.push(seconds);
-            if self
-                .slowest_repair
-                .as_ref()
-                .is_none_or(|(slowest, _, _)| seconds > *slowest)
-            {
-                self.slowest_repair = Some((seconds, name.clone(), edited_at));
-            }
+        if let Some(repair) = repaired {
+            self.credit_repair(&name, repair);
         }
     }
 
@@ -903,6 +923,50 @@ mod tests {
             pod,
             at(seen),
         );
+    }
+
+    /// A node whose labels are right for its one state, with a hand edit begun (version unknown yet) and
+    /// the checker's latest observation at resourceVersion 12.
+    fn edited_node() -> NodeTrack {
+        let right: Labels = [("beta.kubernetes.io/osbuild".to_owned(), "17763".to_owned())].into();
+        NodeTrack {
+            states: vec![right.clone()],
+            ours: right,
+            tamper: Some(TAMPER_IN_FLIGHT),
+            tamper_since: Some(Instant::now()),
+            seen_rv: 12,
+            ..NodeTrack::default()
+        }
+    }
+
+    // Seed 20261205 (docs/reliability.md): the leader repaired a hand edit within a second, the checker
+    // saw the repair before the edit's own answer came back, and credited it at the node's next change,
+    // 198 s later.
+    #[test]
+    fn a_repair_seen_before_the_edit_s_answer_counts_when_the_answer_comes() {
+        let mut track = edited_node();
+        assert_eq!(
+            track.repaired(),
+            None,
+            "the edit's version is not known yet"
+        );
+        track.tamper = Some(10);
+        assert!(track.repaired().is_some(), "rv 12 is after the edit at 10");
+        assert_eq!(track.tamper, None);
+    }
+
+    #[test]
+    fn the_edit_s_own_version_or_wrong_labels_are_no_repair() {
+        let mut at_the_edit = edited_node();
+        at_the_edit.tamper = Some(12);
+        assert_eq!(at_the_edit.repaired(), None);
+        let mut wrong = edited_node();
+        wrong.tamper = Some(10);
+        wrong.ours.clear();
+        assert_eq!(wrong.repaired(), None);
+        // Positive control: the same node with our labels back is repaired.
+        wrong.ours = wrong.states[0].clone();
+        assert!(wrong.repaired().is_some());
     }
 
     // Seed 20261201 (docs/reliability.md): the checker's watch saw failures tens of seconds late while
