@@ -1,6 +1,6 @@
 //! Reporting helpers every loop shares: Event notes bounded to what the API server accepts, the Event of
 //! something that happens once, and static categories for API errors (metric label values and log fields,
-//! never unbounded strings). Publishing itself is `Shared::publish_once` and `Shared::publish_repeating`.
+//! never unbounded strings). Publishing itself is `Shared::publish`.
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event;
@@ -30,17 +30,14 @@ pub fn truncate_note(mut text: String) -> String {
 pub fn one_off_event(
     reporter: &Reporter,
     reference: &ObjectReference,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
+    event: &kube::runtime::events::Event,
     now: Timestamp,
 ) -> Event {
     let object = reference.name.as_deref().unwrap_or(&reporter.controller);
     Event {
-        action: Some(action.to_owned()),
-        reason: Some(reason.to_owned()),
-        note: Some(truncate_note(note)),
+        action: Some(event.action.clone()),
+        reason: Some(event.reason.clone()),
+        note: event.note.clone().map(truncate_note),
         event_time: Some(MicroTime(now)),
         regarding: Some(reference.clone()),
         metadata: ObjectMeta {
@@ -61,7 +58,7 @@ pub fn one_off_event(
                 .unwrap_or_else(|| reporter.controller.clone()),
         ),
         type_: Some(
-            match type_ {
+            match event.type_ {
                 EventType::Normal => "Normal",
                 EventType::Warning => "Warning",
             }
@@ -145,10 +142,13 @@ mod tests {
         let event = one_off_event(
             &reporter,
             &pod(),
-            EventType::Warning,
-            "OSVersionMismatch",
-            "DetectOSMismatch",
-            "é".repeat(600),
+            &kube::runtime::events::Event {
+                type_: EventType::Warning,
+                reason: "OSVersionMismatch".into(),
+                note: Some("é".repeat(600)),
+                action: "DetectOSMismatch".into(),
+                secondary: None,
+            },
             now,
         );
         assert_eq!(event.metadata.namespace.as_deref(), Some("shop"));
@@ -184,10 +184,13 @@ mod tests {
         let event = one_off_event(
             &reporter,
             &node,
-            EventType::Normal,
-            "R",
-            "A",
-            "n".into(),
+            &kube::runtime::events::Event {
+                type_: EventType::Normal,
+                reason: "R".into(),
+                note: Some("n".into()),
+                action: "A".into(),
+                secondary: None,
+            },
             now,
         );
         assert_eq!(event.metadata.namespace.as_deref(), Some("default"));

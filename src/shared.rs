@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client};
 
@@ -22,6 +22,13 @@ use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_info::{NodeFacts, node_facts};
 use crate::watches::InitialList;
+
+/// Whether an Event may be published again about the same object (see `Shared::publish`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeats {
+    Series,
+    Never,
+}
 
 pub struct Shared {
     pub client: Client,
@@ -39,7 +46,7 @@ pub struct Shared {
     /// Events that repeat (a node's warning, every reconcile until fixed): kube-runtime's Recorder counts a
     /// repeat within 6 minutes as a series of the first Event.
     pub recorder: Recorder,
-    /// Who reports Events that happen once (`publish_once`).
+    /// Who reports Events that happen once (`Repeats::Never`).
     pub reporter: Reporter,
     /// `--initial-list`: how every watch gets its initial state.
     pub initial_list: InitialList,
@@ -66,62 +73,36 @@ impl Shared {
             .map(|n| node_facts(&*n))
     }
 
-    /// Publishes an Event that repeats (every reconcile of a node while its warning stands) when this
-    /// replica may write: a repeat within kube-runtime's 6 minutes patches the first Event's series instead
-    /// of creating another. Returns whether it was written.
-    pub async fn publish_repeating(
+    /// Publishes `event` about `reference` when this replica may write; returns whether it was written.
+    /// An Event that repeats (a node's warning, every reconcile until fixed) goes through kube-runtime's
+    /// Recorder, which patches the first Event's series for a repeat within 6 minutes; one that happens once
+    /// (a pod's mismatch episode, a pod placed) is created whole and nothing is remembered (the Recorder would
+    /// keep each one 6 minutes to merge repeats that never come: ~0.7 MB on a busy leader).
+    pub async fn publish(
         &self,
         controller: &'static str,
         reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
+        mut event: Event,
+        repeats: Repeats,
     ) -> bool {
         if !self.may_write() {
             return false;
         }
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(truncate_note(note)),
-            action: action.to_owned(),
-            secondary: None,
+        event.note = event.note.map(truncate_note);
+        let result = match repeats {
+            Repeats::Series => self.recorder.publish(&event, reference).await,
+            Repeats::Never => {
+                let namespace = reference.namespace.as_deref().unwrap_or("default");
+                Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
+                    .create(
+                        &PostParams::default(),
+                        &one_off_event(&self.reporter, reference, &event, Timestamp::now()),
+                    )
+                    .await
+                    .map(|_| ())
+            }
         };
-        let result = self.recorder.publish(&event, reference).await;
-        self.published(controller, reference, reason, &result)
-    }
-
-    /// Publishes an Event that happens once (a pod's mismatch episode, a pod placed) when this replica may
-    /// write: created whole, nothing remembered. (The Recorder would keep each one 6 minutes to merge
-    /// repeats that never come: ~0.7 MB on a busy leader.) Returns whether it was written.
-    pub async fn publish_once(
-        &self,
-        controller: &'static str,
-        reference: &ObjectReference,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-    ) -> bool {
-        if !self.may_write() {
-            return false;
-        }
-        let event = one_off_event(
-            &self.reporter,
-            reference,
-            type_,
-            reason,
-            action,
-            note,
-            Timestamp::now(),
-        );
-        let namespace = reference.namespace.as_deref().unwrap_or("default");
-        let result = Api::<K8sEvent>::namespaced(self.client.clone(), namespace)
-            .create(&PostParams::default(), &event)
-            .await
-            .map(|_| ());
-        self.published(controller, reference, reason, &result)
+        self.published(controller, reference, &event.reason, &result)
     }
 
     /// Counts and logs a failed publish under `controller` with the API error's category, never fatal: what

@@ -15,7 +15,7 @@ use std::time::Duration;
 use futures::stream::FuturesUnordered;
 use futures::{Stream, StreamExt};
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::EventType;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::FIELD_MANAGER;
 use crate::events::api_error_category;
 use crate::indexed_node::IndexedNode;
-use crate::shared::Shared;
+use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
 use inventory::{Conflicts, Inventory};
 use plan::plan;
@@ -327,13 +327,17 @@ fn describe_change(
 async fn publish(shared: &Shared, node: &IndexedNode, reason: &str, note: String) {
     let reference = node.object_ref(&());
     shared
-        .publish_repeating(
+        .publish(
             CONTROLLER,
             &reference,
-            EventType::Warning,
-            reason,
-            "LabelNode",
-            note,
+            Event {
+                type_: EventType::Warning,
+                reason: reason.to_owned(),
+                note: Some(note),
+                action: "LabelNode".to_owned(),
+                secondary: None,
+            },
+            Repeats::Series,
         )
         .await;
 }

@@ -21,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::api::node::v1::RuntimeClass;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::EventType;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -30,7 +30,7 @@ use crate::core::runs_on::Isolation;
 use crate::events::api_error_category;
 use crate::node_info::node_facts;
 use crate::registry::{Freshness, Registry, RegistryOptions};
-use crate::shared::Shared;
+use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch};
 use decide::{ClusterHost, Decision, ImageResult, Inputs, Release, Unread, decide, has_gate};
@@ -390,13 +390,17 @@ async fn apply(
         EventType::Normal
     };
     shared
-        .publish_once(
+        .publish(
             CONTROLLER,
             &reference,
-            type_,
-            release.reason,
-            "Place",
-            release.note.clone(),
+            Event {
+                type_,
+                reason: release.reason.to_owned(),
+                note: Some(release.note.clone()),
+                action: "Place".to_owned(),
+                secondary: None,
+            },
+            Repeats::Never,
         )
         .await;
     Applied::Done

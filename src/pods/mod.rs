@@ -21,7 +21,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, ObjectReference, Pod};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
-use kube::runtime::events::EventType;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::FIELD_MANAGER;
 use crate::events::api_error_category;
 use crate::registry::{Freshness, Registry, RegistryOptions};
-use crate::shared::Shared;
+use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch, probe_failing_watch};
 use detect::{SANDBOX_EVENT_REASON, sandbox_failure};
@@ -460,13 +460,17 @@ async fn report(shared: &Shared, flag: &Flag, message: String) -> bool {
         ..Default::default()
     };
     shared
-        .publish_once(
+        .publish(
             CONTROLLER,
             &reference,
-            EventType::Warning,
-            EVENT_REASON,
-            "DetectOSMismatch",
-            message,
+            Event {
+                type_: EventType::Warning,
+                reason: EVENT_REASON.to_owned(),
+                note: Some(message),
+                action: "DetectOSMismatch".to_owned(),
+                secondary: None,
+            },
+            Repeats::Never,
         )
         .await
 }
