@@ -328,13 +328,13 @@ async fn main() {
                                 .unwrap()
                                 .push(violation(Invariant::ReplicaExit, exit));
                         }
-                        if let Some(mib) = r.rss_mib() {
+                        if let Some(memory) = r.memory() {
                             rss.lock().unwrap().push(RssSample {
                                 at: soak_start.elapsed().as_secs_f64(),
                                 wall: k8s_openapi::jiff::Timestamp::now(),
                                 replica: i,
                                 incarnation: r.incarnation,
-                                mib,
+                                memory,
                             });
                         }
                     }
@@ -526,18 +526,21 @@ async fn main() {
     }
     let rss = rss.lock().unwrap();
     // Every sample with its role, kept with the logs (target/soak/<seed>/rss.csv) for a look at a growth.
-    let csv: String = std::iter::once("seconds,replica,incarnation,leader,mib\n".to_owned())
-        .chain(rss.iter().map(|s| {
-            format!(
-                "{:.1},{},{},{},{:.2}\n",
-                s.at,
-                NAMES[s.replica],
-                s.incarnation,
-                led_at(&terms, s.replica, s.wall),
-                s.mib
-            )
-        }))
-        .collect();
+    let csv: String =
+        std::iter::once("seconds,replica,incarnation,leader,mib,anon_mib,file_mib\n".to_owned())
+            .chain(rss.iter().map(|s| {
+                format!(
+                    "{:.1},{},{},{},{:.2},{:.2},{:.2}\n",
+                    s.at,
+                    NAMES[s.replica],
+                    s.incarnation,
+                    led_at(&terms, s.replica, s.wall),
+                    s.memory.rss,
+                    s.memory.anon,
+                    s.memory.file
+                )
+            }))
+            .collect();
     let _ = std::fs::write(work.join("rss.csv"), csv);
     let rss_growth = rss_growth(&rss, &terms);
     if args.long {
@@ -777,6 +780,29 @@ async fn main() {
         )
         .unwrap();
     }
+    writeln!(
+        r,
+        "\n### Memory of each process, by role\n\nMean RSS (of it anonymous) in MiB over each stretch \
+         of consecutive samples in one role (L leader, f follower), seconds since the start; every sample \
+         is in rss.csv.\n"
+    )
+    .unwrap();
+    for ((replica, incarnation), stretches) in rss::stretches(&rss, &terms) {
+        let list: Vec<String> = stretches
+            .iter()
+            .map(|s| {
+                format!(
+                    "{} {:.0}-{:.0} s {:.1} ({:.1})",
+                    if s.leader { "L" } else { "f" },
+                    s.from,
+                    s.to,
+                    s.rss,
+                    s.anon
+                )
+            })
+            .collect();
+        writeln!(r, "- {}-{incarnation}: {}", NAMES[replica], list.join(", ")).unwrap();
+    }
     writeln!(r, "\n### Access per replica (audit log)\n").unwrap();
     for (replica, used) in &judgement.used_by_replica {
         let list: Vec<String> = used
@@ -839,7 +865,7 @@ fn plot(
 ) {
     use plotters::prelude::*;
     let x_max = samples.iter().map(|s| s.at).fold(1.0, f64::max);
-    let y_max = samples.iter().map(|s| s.mib).fold(1.0, f64::max) * 1.15;
+    let y_max = samples.iter().map(|s| s.memory.rss).fold(1.0, f64::max) * 1.15;
     let root = BitMapBackend::new(path, (800, 300)).into_drawing_area();
     root.fill(&WHITE).unwrap();
     let mut chart = ChartBuilder::on(&root)
@@ -874,7 +900,7 @@ fn plot(
             incarnations
                 .entry(s.incarnation)
                 .or_default()
-                .push((s.at, s.mib));
+                .push((s.at, s.memory.rss));
         }
         for points in incarnations.into_values() {
             chart
@@ -897,7 +923,7 @@ fn plot(
                 stretch.clear();
             }
             if led_at(terms, replica, s.wall) {
-                stretch.push((s.at, s.mib));
+                stretch.push((s.at, s.memory.rss));
             }
             previous = Some(s.incarnation);
         }

@@ -10,6 +10,17 @@ use osbuild_testkit::{controller_binary, free_port, signal};
 
 pub const NAMES: [&str; 3] = ["a", "b", "c"];
 
+/// Resident memory in MiB (`/proc/PID/status`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Memory {
+    /// `VmRSS`: what `ps` and the kubelet's working set start from.
+    pub rss: f64,
+    /// `RssAnon`: heap and stacks.
+    pub anon: f64,
+    /// `RssFile`: pages of mapped files, here the static binary's code and data.
+    pub file: f64,
+}
+
 pub struct Replica {
     pub name: &'static str,
     kubeconfig: PathBuf,
@@ -135,17 +146,25 @@ impl Replica {
         }
     }
 
-    /// Resident set size in MiB, from /proc.
-    pub fn rss_mib(&self) -> Option<f64> {
+    /// The process's resident memory in MiB, from /proc: in all, anonymous (the heap: what a leak grows) and
+    /// file-backed (the binary's pages, touched as code runs for the first time: bounded by its size).
+    pub fn memory(&self) -> Option<Memory> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        let mib = |field: &str| -> Option<f64> {
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(field))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(kib / 1024.0)
+        };
+        Some(Memory {
+            rss: mib("VmRSS:")?,
+            anon: mib("RssAnon:")?,
+            file: mib("RssFile:")?,
+        })
     }
 
     /// SIGTERM and the exit status (a clean shutdown is part of process health).

@@ -5,7 +5,7 @@
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::replicas::NAMES;
+use crate::replicas::{Memory, NAMES};
 
 pub struct RssSample {
     /// Seconds since the soak started (the plot's x).
@@ -14,7 +14,58 @@ pub struct RssSample {
     pub wall: Timestamp,
     pub replica: usize,
     pub incarnation: u32,
-    pub mib: f64,
+    pub memory: Memory,
+}
+
+/// A run of consecutive samples of one process in one role: how its memory moves from term to term.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stretch {
+    pub leader: bool,
+    /// Seconds since the soak started, first and last sample.
+    pub from: f64,
+    pub to: f64,
+    /// Means over the stretch, MiB.
+    pub rss: f64,
+    pub anon: f64,
+}
+
+/// Each process (replica, incarnation) with its stretches in order, for the report and rss.csv readers.
+pub fn stretches(
+    samples: &[RssSample],
+    terms: &[(String, Timestamp, Timestamp)],
+) -> Vec<((usize, u32), Vec<Stretch>)> {
+    let mut by_process: std::collections::BTreeMap<(usize, u32), Vec<&RssSample>> =
+        std::collections::BTreeMap::new();
+    for s in samples {
+        by_process
+            .entry((s.replica, s.incarnation))
+            .or_default()
+            .push(s);
+    }
+    by_process
+        .into_iter()
+        .map(|(process, samples)| {
+            let mut out: Vec<(bool, Vec<&RssSample>)> = Vec::new();
+            for s in samples {
+                let leader = led_at(terms, s.replica, s.wall);
+                match out.last_mut() {
+                    Some((role, run)) if *role == leader => run.push(s),
+                    _ => out.push((leader, vec![s])),
+                }
+            }
+            let out = out
+                .into_iter()
+                .map(|(leader, run)| Stretch {
+                    leader,
+                    from: run[0].at,
+                    to: run[run.len() - 1].at,
+                    rss: mean(&run.iter().map(|s| s.memory.rss).collect::<Vec<_>>()),
+                    anon: mean(&run.iter().map(|s| s.memory.anon).collect::<Vec<_>>()),
+                })
+                .collect();
+            (process, out)
+        })
+        .collect()
 }
 
 /// Which samples a replica's growth compares.
@@ -67,7 +118,7 @@ pub fn rss_growth(samples: &[RssSample], terms: &[(String, Timestamp, Timestamp)
             by_incarnation
                 .entry(s.incarnation)
                 .or_default()
-                .push((led_at(terms, replica, s.wall), s.mib));
+                .push((led_at(terms, replica, s.wall), s.memory.rss));
         }
         let Some(longest) = by_incarnation.values().max_by_key(|v| v.len()) else {
             continue;
@@ -143,7 +194,11 @@ mod tests {
                 wall: at(i),
                 replica: 0,
                 incarnation: 1,
-                mib: *mib,
+                memory: Memory {
+                    rss: *mib,
+                    anon: *mib,
+                    file: 0.0,
+                },
             })
             .collect();
         let terms = lead
@@ -218,5 +273,43 @@ mod tests {
         );
         let (short, _) = process(&[20.0; 9], None);
         assert!(rss_growth(&short, &[]).is_empty());
+    }
+
+    #[test]
+    fn stretches_follow_the_role_within_each_process() {
+        // Follower at 10 MiB for 5 samples, leader at 12 for 3, follower at 11 for 2; then a new process.
+        let mibs = [10.0, 10.0, 10.0, 10.0, 10.0, 12.0, 12.0, 12.0, 11.0, 11.0];
+        let (mut samples, terms) = process(&mibs, Some((5, 7)));
+        let (restarted, _) = process(&[9.0; 3], None);
+        samples.extend(restarted.into_iter().map(|mut s| {
+            s.incarnation = 2;
+            s.at += 100.0;
+            s
+        }));
+        let got = stretches(&samples, &terms);
+        type Summary = (bool, f64, f64, f64);
+        let summary: Vec<(u32, Vec<Summary>)> = got
+            .iter()
+            .map(|((_, incarnation), s)| {
+                (
+                    *incarnation,
+                    s.iter().map(|s| (s.leader, s.from, s.to, s.rss)).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    1,
+                    vec![
+                        (false, 0.0, 8.0, 10.0),
+                        (true, 10.0, 14.0, 12.0),
+                        (false, 16.0, 18.0, 11.0)
+                    ]
+                ),
+                (2, vec![(false, 100.0, 104.0, 9.0)]),
+            ]
+        );
     }
 }
