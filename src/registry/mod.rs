@@ -9,6 +9,7 @@
 //! registry resolution.
 
 pub mod cache;
+pub mod clients;
 pub mod credentials;
 pub mod error;
 pub mod manifest;
@@ -28,7 +29,8 @@ use rustls_pki_types::pem::PemObject;
 use serde::Serialize;
 
 use crate::core::platform::{ImageKind, ImagePlatforms, Platform, VersionSource};
-use cache::{Cache, CacheKey};
+use cache::{Cache, CacheKey, credential_hash};
+use clients::Clients;
 use credentials::Credential;
 pub use error::{ErrorKind, RegistryError};
 use manifest::{ACCEPTED, Manifest, parse_config, parse_manifest};
@@ -91,11 +93,15 @@ pub struct RegistryStats {
     pub cache_hits: u64,
 }
 
+/// HTTP clients kept at most (one per credential in use: [`clients`]).
+const CLIENTS: usize = 16;
+
 /// Reads images from registries; share one per process.
 pub struct Registry {
     options: RegistryOptions,
     roots: Vec<Vec<u8>>,
     cache: Mutex<Cache<Arc<ResolvedImage>>>,
+    clients: Mutex<Clients<Client>>,
     in_flight: Mutex<HashMap<CacheKey, Arc<tokio::sync::Mutex<()>>>>,
     resolutions: AtomicU64,
     requests: AtomicU64,
@@ -127,6 +133,7 @@ impl Registry {
         };
         Ok(Self {
             cache: Mutex::new(Cache::new(options.cache_ttl, options.cache_capacity)),
+            clients: Mutex::new(Clients::new(options.cache_ttl, CLIENTS)),
             options,
             roots,
             in_flight: Mutex::new(HashMap::new()),
@@ -205,18 +212,16 @@ impl Registry {
         key: &CacheKey,
     ) -> Result<Arc<ResolvedImage>, RegistryError> {
         self.resolutions.fetch_add(1, Ordering::Relaxed);
-        let auths: Vec<RegistryAuth> = if credentials.is_empty() {
-            vec![RegistryAuth::Anonymous]
+        let anonymous = [None];
+        let tries: Vec<Option<&Credential>> = if credentials.is_empty() {
+            anonymous.to_vec()
         } else {
-            credentials
-                .iter()
-                .map(|c| RegistryAuth::Basic(c.username.clone(), c.password.clone()))
-                .collect()
+            credentials.iter().map(Some).collect()
         };
         let attempt = async {
             let mut last = None;
-            for auth in &auths {
-                match self.fetch(image, reference, auth).await {
+            for credential in tries {
+                match self.fetch(image, reference, credential).await {
                     Ok(found) => return Ok(found),
                     Err(e) if e.kind == ErrorKind::Unauthorized => last = Some(e),
                     Err(e) => return Err(e),
@@ -252,7 +257,20 @@ impl Registry {
         Ok(found)
     }
 
-    fn client(&self, image: &str) -> Result<Client, RegistryError> {
+    /// The client for `credential`: reused while it is in use ([`clients`]).
+    fn client(
+        &self,
+        image: &str,
+        credential: Option<&Credential>,
+    ) -> Result<Client, RegistryError> {
+        let key = credential_hash(credential.map(std::slice::from_ref).unwrap_or_default());
+        self.clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get_or_build(key, Instant::now(), || self.new_client(image))
+    }
+
+    fn new_client(&self, image: &str) -> Result<Client, RegistryError> {
         let config = ClientConfig {
             protocol: if self.options.insecure.is_empty() {
                 ClientProtocol::Https
@@ -275,14 +293,19 @@ impl Registry {
         Client::try_from(config).map_err(|e| RegistryError::from_oci(image, &e))
     }
 
-    /// One resolution with one credential; a fresh client, so tokens never cross credentials.
+    /// One resolution with one credential (anonymous when `None`), on that credential's own client, so
+    /// tokens never cross credentials.
     async fn fetch(
         &self,
         image: &str,
         reference: &Reference,
-        auth: &RegistryAuth,
+        credential: Option<&Credential>,
     ) -> Result<ResolvedImage, RegistryError> {
-        let client = self.client(image)?;
+        let auth = &match credential {
+            None => RegistryAuth::Anonymous,
+            Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
+        };
+        let client = self.client(image, credential)?;
         let (body, digest) = self.manifest(&client, image, reference, auth).await?;
         let bad = |detail: String| RegistryError::new(ErrorKind::BadManifest, image, detail);
         let platforms = match parse_manifest(&body).map_err(bad)? {
