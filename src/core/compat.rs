@@ -21,21 +21,41 @@ pub fn revision_must_match(build: u32) -> bool {
 /// from Windows Server 2022 on some hosts also run older LTSC images. For a host whose revision must match,
 /// the image's revision must also equal the host's (see [`compat`]).
 pub fn process_isolation_builds(host_build: u32) -> Vec<u32> {
-    let mut builds = match host_build {
-        // Windows Server, version 23H2 "only supports the Windows Server 2022 LTSC container image"; Windows
-        // 11 runs WS2022 images (Microsoft calls it preview).
-        b if (WIN11_FIRST..WS2025).contains(&b) && release_for_build(b).is_some() => vec![WS2022],
-        // Windows Server 2025 (and Windows 11 24H2) runs WS2022 and WS2025 images; later Windows 11
-        // releases keep both.
-        WS2025 => vec![WS2022],
-        b if b > WS2025 && release_for_build(b).is_some() => vec![WS2022, WS2025],
-        // Before WS2022, and for builds we do not know (Insider, future): the identical build only.
-        _ => vec![],
-    };
+    let mut builds = older_ltsc_builds(host_build).to_vec();
     builds.push(host_build);
     builds.sort_unstable();
     builds.dedup();
     builds
+}
+
+/// The older LTSC image builds a host also runs process-isolated, beside its own.
+fn older_ltsc_builds(host_build: u32) -> &'static [u32] {
+    match host_build {
+        // Windows Server, version 23H2 "only supports the Windows Server 2022 LTSC container image"; Windows
+        // 11 runs WS2022 images (Microsoft calls it preview).
+        b if (WIN11_FIRST..WS2025).contains(&b) && release_for_build(b).is_some() => &[WS2022],
+        // Windows Server 2025 (and Windows 11 24H2) runs WS2022 and WS2025 images; later Windows 11
+        // releases keep both.
+        WS2025 => &[WS2022],
+        b if b > WS2025 && release_for_build(b).is_some() => &[WS2022, WS2025],
+        // Before WS2022, and for builds we do not know (Insider, future): the identical build only.
+        _ => &[],
+    }
+}
+
+/// Whether `host` runs an image of `image` process-isolated: [`compat`]'s answer without its reason, and
+/// without allocating (placement asks it for every node of the cluster and every image of a pod).
+pub fn runs_process_isolated(host: WindowsVersion, image: WindowsVersion) -> bool {
+    let build_accepted =
+        image.build == host.build || older_ltsc_builds(host.build).contains(&image.build);
+    build_accepted
+        && (!revision_must_match(host.build)
+            || matches!((host.revision, image.revision), (Some(h), Some(i)) if h == i))
+}
+
+/// Whether `host` runs an image of `image` with Hyper-V isolation: any image no newer than the host.
+pub fn runs_hyperv_isolated(host: WindowsVersion, image: WindowsVersion) -> bool {
+    image.build <= host.build
 }
 
 /// Whether containerd's Windows platform matcher accepts an image index entry of build `entry_build` on a
@@ -70,7 +90,7 @@ pub struct Compatibility {
 
 /// Whether `host` runs `image` with process isolation and with Hyper-V isolation.
 pub fn compat(host: WindowsVersion, image: WindowsVersion) -> Compatibility {
-    let hyperv_isolation = image.build <= host.build;
+    let hyperv_isolation = runs_hyperv_isolated(host, image);
     let (process_isolation, process_reason) = process_isolation(host, image);
     let hyperv_reason = if hyperv_isolation {
         "Hyper-V isolation runs it"
@@ -160,6 +180,41 @@ mod tests {
 
     fn v(build: u32, revision: Option<u32>) -> WindowsVersion {
         WindowsVersion::new(build, revision)
+    }
+
+    #[test]
+    fn the_allocation_free_checks_agree_with_compat() {
+        // Every known release and its neighbours, as hosts and as images, with and without revisions.
+        let mut builds: Vec<u32> = crate::core::catalog::RELEASES
+            .iter()
+            .flat_map(|r| [r.build - 1, r.build, r.build + 1])
+            .collect();
+        builds.extend([9200, 30000]);
+        let revisions = [None, Some(1), Some(2)];
+        let mut runs = 0;
+        for &host in &builds {
+            for &image in &builds {
+                for hr in revisions {
+                    for ir in revisions {
+                        let (h, i) = (v(host, hr), v(image, ir));
+                        let full = compat(h, i);
+                        assert_eq!(
+                            runs_process_isolated(h, i),
+                            full.process_isolation,
+                            "{h:?} {i:?}"
+                        );
+                        assert_eq!(
+                            runs_hyperv_isolated(h, i),
+                            full.hyperv_isolation,
+                            "{h:?} {i:?}"
+                        );
+                        runs += usize::from(full.process_isolation);
+                    }
+                }
+            }
+        }
+        // Positive control: the grid holds runs (same builds, older LTSC images) as well as refusals.
+        assert!(runs > builds.len(), "{runs}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! For an index, a host pulls the one entry containerd's matcher picks for its build
 //! ([`containerd_matches`], highest version first, index order on ties; an entry without `os.version`
 //! matches every host and ranks lowest), and the image runs there when that entry starts on it
-//! ([`compat`]). So an index runs on the union over its entries, but not on a host that would pick an
+//! ([`super::compat::compat`]). So an index runs on the union over its entries, but not on a host that would pick an
 //! entry it cannot start. A single manifest is not chosen at pull: it runs wherever its build starts.
 //!
 //! The hosts considered are the builds the catalog knows plus the image's own builds; Windows Server 2016
@@ -14,7 +14,10 @@ use std::collections::BTreeSet;
 use serde::Serialize;
 
 use super::catalog::RELEASES;
-use super::compat::{FIRST_BUILD_ONLY_MATCH, compat, containerd_matches, revision_must_match};
+use super::compat::{
+    FIRST_BUILD_ONLY_MATCH, containerd_matches, revision_must_match, runs_hyperv_isolated,
+    runs_process_isolated,
+};
 use super::labels::osbuild_value;
 use super::platform::{ImageKind, ImagePlatforms, Platform};
 use super::version::WindowsVersion;
@@ -89,7 +92,7 @@ pub fn host_verdict(image: &ImagePlatforms, host: WindowsVersion, isolation: Iso
                 return Verdict::DoesNotRun;
             };
             match platform.windows_version() {
-                Some(v) if compat(host, v).process_isolation => Verdict::Runs,
+                Some(v) if runs_process_isolated(host, v) => Verdict::Runs,
                 Some(_) => Verdict::DoesNotRun,
                 None => Verdict::Unknown,
             }
@@ -99,7 +102,7 @@ pub fn host_verdict(image: &ImagePlatforms, host: WindowsVersion, isolation: Iso
             let mut verdict = Verdict::DoesNotRun;
             for platform in image.platforms.iter().filter(|p| p.is_windows()) {
                 match platform.windows_version() {
-                    Some(v) if compat(host, v).hyperv_isolation => return Verdict::Runs,
+                    Some(v) if runs_hyperv_isolated(host, v) => return Verdict::Runs,
                     Some(_) => {}
                     None => verdict = Verdict::Unknown,
                 }
