@@ -63,6 +63,20 @@ pub fn is_opted_out(node: &Node, keys: &LabelKeys) -> bool {
         .is_some_and(|a| a.contains_key(&keys.ignore_annotation()))
 }
 
+/// The Windows version in the node's kernelVersion, if it parses as one (whatever the node's OS label).
+fn kernel_windows_version<N: NodeInputs + ?Sized>(node: &N) -> Option<WindowsVersion> {
+    match parse_kernel_version(node.kernel_version()) {
+        Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
+        _ => None,
+    }
+}
+
+/// A Windows node's version: the one fact placement needs of every node, for every pod, so without the
+/// rest of [`node_facts`] (and its allocations).
+pub fn windows_version<N: NodeInputs + ?Sized>(node: &N) -> Option<WindowsVersion> {
+    kernel_windows_version(node).filter(|_| node.is_windows())
+}
+
 /// What the pod half needs to know of the node a pod runs on, derived from the index (never from the node
 /// controller, so each half can be read alone).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,10 +91,7 @@ pub struct NodeFacts {
 }
 
 pub fn node_facts<N: NodeInputs + ?Sized>(node: &N) -> NodeFacts {
-    let version = match parse_kernel_version(node.kernel_version()) {
-        Ok(KernelVersion::Windows(parsed)) => Some(parsed.version),
-        _ => None,
-    };
+    let version = kernel_windows_version(node);
     NodeFacts {
         windows: node.is_windows(),
         version,

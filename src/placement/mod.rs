@@ -26,9 +26,10 @@ use kube::runtime::watcher;
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::core::labels::osbuild_value;
 use crate::core::runs_on::Isolation;
 use crate::events::api_error_category;
-use crate::node_info::node_facts;
+use crate::node_info::windows_version;
 use crate::registry::{Freshness, Registry, RegistryOptions};
 use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
@@ -460,11 +461,11 @@ fn cluster_hosts(shared: &Shared) -> Vec<ClusterHost> {
         .state()
         .iter()
         .filter_map(|node| {
-            let facts = node_facts(&**node);
+            let version = windows_version(&**node)?;
             Some(ClusterHost {
+                osbuild: osbuild_value(version).ok()?,
                 name: node.name_any(),
-                version: facts.version.filter(|_| facts.windows)?,
-                osbuild: facts.osbuild?,
+                version,
             })
         })
         .collect()
