@@ -41,14 +41,16 @@ pub fn credential_hash(credentials: &[Credential]) -> u64 {
     hasher.finish().max(1)
 }
 
+/// A bounded map whose entries live for a TTL from their last insert: the answers by [`CacheKey`], and
+/// the registry clients by credential ([`super::clients`]).
 #[derive(Debug)]
-pub struct Cache<V> {
+pub struct Cache<V, K = CacheKey> {
     ttl: Duration,
     capacity: usize,
-    entries: HashMap<CacheKey, (Instant, V)>,
+    entries: HashMap<K, (Instant, V)>,
 }
 
-impl<V: Clone> Cache<V> {
+impl<V: Clone, K: Clone + Eq + Hash> Cache<V, K> {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Self {
             ttl,
@@ -58,12 +60,13 @@ impl<V: Clone> Cache<V> {
     }
 
     /// The live answer for `key`, if any.
-    pub fn get(&self, key: &CacheKey, now: Instant) -> Option<V> {
+    pub fn get(&self, key: &K, now: Instant) -> Option<V> {
         let (stored, value) = self.entries.get(key)?;
         (now.saturating_duration_since(*stored) < self.ttl).then(|| value.clone())
     }
 
-    pub fn insert(&mut self, key: CacheKey, value: V, now: Instant) {
+    /// Stores `value` as of `now` (again, for a key already there: its TTL starts over).
+    pub fn insert(&mut self, key: K, value: V, now: Instant) {
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
             let ttl = self.ttl;
             self.entries
