@@ -3,8 +3,9 @@
 //! For an index, a host pulls the one entry containerd's matcher picks for its build
 //! ([`containerd_matches`], highest version first, index order on ties; an entry without `os.version`
 //! matches every host and ranks lowest), and the image runs there when that entry starts on it
-//! ([`super::compat::compat`]). So an index runs on the union over its entries, but not on a host that would pick an
-//! entry it cannot start. A single manifest is not chosen at pull: it runs wherever its build starts.
+//! ([`super::compat::compat`]). So an index runs on the union over its entries, but not on a host that
+//! would pick an entry it cannot start. A single manifest is not chosen at pull: it runs wherever its build
+//! starts.
 //!
 //! The hosts considered are the builds the catalog knows plus the image's own builds; Windows Server 2016
 //! hosts (whose label carries the revision) only at the revisions the image names.

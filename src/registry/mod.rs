@@ -212,9 +212,8 @@ impl Registry {
         key: &CacheKey,
     ) -> Result<Arc<ResolvedImage>, RegistryError> {
         self.resolutions.fetch_add(1, Ordering::Relaxed);
-        let anonymous = [None];
         let tries: Vec<Option<&Credential>> = if credentials.is_empty() {
-            anonymous.to_vec()
+            vec![None]
         } else {
             credentials.iter().map(Some).collect()
         };
