@@ -4,6 +4,7 @@
 /// Our field manager for server-side apply, and the controller name on Events.
 pub const FIELD_MANAGER: &str = "osbuild-controller";
 
+pub mod api_client;
 pub mod audit;
 pub mod cli;
 pub mod core;

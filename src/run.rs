@@ -117,7 +117,7 @@ pub async fn client(cluster: &ClusterArgs) -> anyhow::Result<Client> {
     // failure reaches error_policy (counted by category, requeued in seconds) or the watcher's backoff
     // (counted, shown in readiness).
     config.default_retry = false;
-    Client::try_from(config).context("cannot build a Kubernetes client")
+    crate::api_client::build(config)
 }
 
 fn node_options(args: &RunArgs) -> NodeOptions {

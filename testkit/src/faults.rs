@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
@@ -28,6 +28,7 @@ use crate::env::TestEnv;
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -37,9 +38,10 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let port = listener.local_addr().expect("proxy addr").port();
         let cut = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
-            let (cut, connections) = (cut.clone(), connections.clone());
+            let (cut, accepted, connections) = (cut.clone(), accepted.clone(), connections.clone());
             tokio::spawn(async move {
                 loop {
                     let Ok((mut inbound, _)) = listener.accept().await else {
@@ -49,6 +51,7 @@ impl Proxy {
                         drop(inbound);
                         continue;
                     }
+                    accepted.fetch_add(1, Ordering::SeqCst);
                     let task = tokio::spawn(async move {
                         if let Ok(mut outbound) = TcpStream::connect(upstream).await {
                             let _ =
@@ -64,9 +67,15 @@ impl Proxy {
         Self {
             port,
             cut,
+            accepted,
             connections,
             accept,
         }
+    }
+
+    /// Connections proxied since the start (refused ones not counted).
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Closes every proxied connection and refuses new ones.
