@@ -541,7 +541,11 @@ async fn main() {
                 )
             }))
             .collect();
-    let _ = std::fs::write(work.join("rss.csv"), csv);
+    let _ = std::fs::write(work.join("rss.csv"), csv.clone());
+    // A passing soak deletes its work dir: the samples behind a written report stay next to it.
+    if let Some(report) = &args.report {
+        let _ = std::fs::write(report.with_extension("rss.csv"), csv);
+    }
     let rss_growth = rss_growth(&rss, &terms);
     if args.long {
         for g in &rss_growth {
