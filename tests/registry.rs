@@ -278,6 +278,30 @@ fn cli_image_json_and_errors() {
     }
 }
 
+/// Registries are trusted through the system's trust store, which `SSL_CERT_FILE` names as for OpenSSL
+/// (read once per process: `registry::system_roots`), and through `--registry-ca-file`.
+#[test]
+fn cli_trusts_the_system_store() {
+    let image = format!("{}/private/ltsc2019", env().secure_host());
+    let image_with_ssl_cert_file = |file: &str| {
+        Command::new(env!("CARGO_BIN_EXE_osbuild-controller"))
+            .args(["image", &image])
+            .env_remove("OSBUILD_REGISTRY_CA_FILE")
+            .env_remove("OSBUILD_DOCKER_CONFIG")
+            .env("SSL_CERT_FILE", file)
+            .output()
+            .expect("the binary runs")
+    };
+    // The test CA as the system's store: TLS holds, and the registry's own answer comes back (no credential).
+    let err = one_error_line(&image_with_ssl_cert_file(env().get("REGISTRY_CA")));
+    assert!(err.contains("unauthorized"), "{err}");
+    // Positive control: a store without the test CA (Debian's, as the image ships) fails at TLS.
+    let err = one_error_line(&image_with_ssl_cert_file(
+        "/etc/ssl/certs/ca-certificates.crt",
+    ));
+    assert!(err.contains("unreachable"), "{err}");
+}
+
 #[tokio::test]
 async fn private_image_needs_the_right_credentials() {
     let registry = secure_registry();
