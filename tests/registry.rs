@@ -279,7 +279,7 @@ fn cli_image_json_and_errors() {
 }
 
 /// Registries are trusted through the system's trust store, which `SSL_CERT_FILE` names as for OpenSSL
-/// (read once per process: `registry::system_roots`), and through `--registry-ca-file`.
+/// (rustls-platform-verifier reads it), and through `--registry-ca-file`.
 #[test]
 fn cli_trusts_the_system_store() {
     let image = format!("{}/private/ltsc2019", env().secure_host());

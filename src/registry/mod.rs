@@ -99,7 +99,6 @@ const CLIENTS: usize = 16;
 /// Reads images from registries; share one per process.
 pub struct Registry {
     options: RegistryOptions,
-    /// Every client's trust: the system's store, read once, and `--registry-ca-file`'s certificates (DER).
     roots: Vec<Vec<u8>>,
     cache: Mutex<Cache<Arc<ResolvedImage>>>,
     clients: Mutex<Clients<Client>>,
@@ -128,10 +127,10 @@ impl Registry {
     pub fn new(options: RegistryOptions) -> Result<Self, RegistryError> {
         // One TLS stack with kube: rustls with ring. Already installed is fine.
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let mut roots = system_roots();
-        if let Some(path) = &options.ca_file {
-            roots.extend(read_ca_file(path)?);
-        }
+        let roots = match &options.ca_file {
+            None => Vec::new(),
+            Some(path) => read_ca_file(path)?,
+        };
         Ok(Self {
             cache: Mutex::new(Cache::new(options.cache_ttl, options.cache_capacity)),
             clients: Mutex::new(Clients::new(options.cache_ttl, CLIENTS)),
@@ -277,9 +276,7 @@ impl Registry {
             } else {
                 ClientProtocol::HttpsExcept(self.options.insecure.clone())
             },
-            // Exactly these roots: left to reqwest, every client built would read and parse the system's
-            // whole trust store again (rustls-platform-verifier), a peak of ~0.3 MB on each new leader.
-            tls_certs_only: self
+            extra_root_certificates: self
                 .roots
                 .iter()
                 .map(|der| Certificate {
@@ -452,22 +449,6 @@ impl Registry {
             )
         })
     }
-}
-
-/// The system's trust store (`SSL_CERT_FILE`, `SSL_CERT_DIR`, else the distribution's bundle: the image
-/// ships Debian's), as rustls-platform-verifier reads it on Linux; read once, at startup, by every replica.
-/// Unreadable entries are logged and skipped; none at all leaves `--registry-ca-file` as the only trust.
-fn system_roots() -> Vec<Vec<u8>> {
-    let found = rustls_native_certs::load_native_certs();
-    for error in &found.errors {
-        tracing::warn!(%error, "cannot read part of the system's trust store");
-    }
-    if found.certs.is_empty() {
-        tracing::warn!(
-            "no certificate in the system's trust store: only --registry-ca-file is trusted"
-        );
-    }
-    found.certs.into_iter().map(|c| c.to_vec()).collect()
 }
 
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, RegistryError> {
