@@ -2,14 +2,15 @@
 //! that speaks HTTP/2 when the API server offers it, as client-go does.
 //!
 //! Why: kube-client 5 speaks HTTP/1.1 only (kube-rs/kube#1923), and an HTTP/1.1 connection carries one
-//! request at a time. A leader placing 32 pods and writing 16 nodes at once opened ~43 connections to the
-//! API server (a follower 6), and when they idled out the allocator kept their buffers: each process's
-//! memory stepped up 2.5-3.5 MiB on its first term as leader (docs/reliability.md, "RSS over a process's
-//! life"). Over HTTP/2 every request and watch is a stream of one connection. kube's own caveat, that
-//! exec, attach and port-forward need an HTTP/1.1 upgrade, does not apply: the controller uses none.
+//! request at a time: a leader placing 32 pods and writing 16 nodes at once held ~43 connections to the API
+//! server (a follower 6), each with its TLS and HTTP buffers. Over HTTP/2 every request and watch is a
+//! stream of one connection (the soak counts 1 per follower; docs/reliability.md, "HTTP/2 to the API
+//! server"). kube's own caveat, that exec, attach and port-forward need an HTTP/1.1 upgrade, does not
+//! apply: the controller uses none.
 //!
 //! A dead connection is found by HTTP/2 pings (client-go's health check: a ping after 30 s without a
-//! frame, the connection given up 15 s later), so a half-open connection cannot hold every watch at once.
+//! frame, the connection given up 15 s later), so a half-open connection cannot hold every watch at once;
+//! they stand in for kube's read and write timeouts, which would apply to the one connection as a whole.
 //! Through a proxy (`proxy-url` in the kubeconfig) the client is kube's own, unchanged.
 
 use std::time::Duration;
