@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::nodes::{self, NodeOptions};
 use crate::placement::{self, PlacementOptions};
 use crate::pods::{self, PodOptions};
+use crate::registry::{self, Registry};
 use crate::server::{self, ServerState};
 use crate::shared::{self, Shared};
 use crate::supervisor::Supervisor;
@@ -52,6 +53,15 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         &metrics,
         &mut tasks,
     );
+    let registry = Arc::new(
+        Registry::new(args.registry.options())
+            .context("cannot set up the registry client")?
+            .observe_requests(metrics.registry_request_duration.clone()),
+    );
+    tasks.spawn(
+        "registry-upkeep",
+        registry::upkeep(registry.clone(), leadership.subscribe(), tasks.shutdown()),
+    );
     let shared = Arc::new(Shared {
         recorder: Recorder::new(client.clone(), shared::reporter(args.pod_name.clone())),
         reporter: shared::reporter(args.pod_name.clone()),
@@ -64,6 +74,7 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         nodes: index.0,
         nodes_synced: index.1,
         initial_list: args.initial_list,
+        registry,
     });
 
     nodes::start(&shared, node_options(&args), changed_nodes, &mut tasks)?;
@@ -72,12 +83,11 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
         &PodOptions {
             annotate: args.annotate_pods,
             namespace: args.namespace.clone(),
-            registry: args.registry.options(),
         },
         &mut tasks,
-    )?;
+    );
     if args.placement {
-        placement::start(&shared, placement_options(&args), &mut tasks)?;
+        placement::start(&shared, &placement_options(&args), &mut tasks)?;
     }
     if let Some(interval) = args.audit_interval {
         audit::in_cluster::start(&shared, audit_options(&args, interval), &mut tasks)?;
@@ -132,7 +142,6 @@ fn placement_options(args: &RunArgs) -> PlacementOptions {
     PlacementOptions {
         deadline: args.placement_deadline,
         namespace: args.namespace.clone(),
-        registry: args.registry.options(),
     }
 }
 
@@ -140,7 +149,6 @@ fn audit_options(args: &RunArgs, interval: std::time::Duration) -> audit::in_clu
     audit::in_cluster::AuditOptions {
         interval,
         namespace: args.namespace.clone(),
-        registry: args.registry.options(),
     }
 }
 

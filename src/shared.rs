@@ -1,5 +1,5 @@
 //! What every loop of the controller process shares: one kube client, the label keys, one metrics registry,
-//! the Event reporter, the leadership, the health state, and the Node index. Built once by `run.rs` and
+//! the Event reporter, the leadership, the health state, the Node index and the image reader. Built once by `run.rs` and
 //! handed to each loop as `Arc<Shared>`; each loop adds only its own options.
 
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::indexed_node::IndexedNode;
 use crate::leadership::Leadership;
 use crate::metrics::Metrics;
 use crate::node_info::{NodeFacts, node_facts};
+use crate::registry::Registry;
 use crate::watches::InitialList;
 
 /// Whether an Event may be published again about the same object (see `Shared::publish`).
@@ -50,6 +51,10 @@ pub struct Shared {
     pub reporter: Reporter,
     /// `--initial-list`: how every watch gets its initial state.
     pub initial_list: InitialList,
+    /// The one image reader of the process (detector, placement, audit): one answer cache, one client per
+    /// credential. Its upkeep ([`crate::registry::upkeep`]) drops what expired, and everything when this
+    /// replica stops leading.
+    pub registry: Arc<Registry>,
 }
 
 /// Who reports this process's Events: the controller, and the pod when its name is known.

@@ -36,7 +36,6 @@ use super::command::{Report, survey};
 use super::verdict::Verdict;
 use crate::events::watch_error_category;
 use crate::metrics::{ComputedGauge, Metrics, NAMESPACE};
-use crate::registry::{Registry, RegistryOptions};
 use crate::shared::Shared;
 use crate::supervisor::Supervisor;
 use crate::watches::LIST_PAGE_SIZE;
@@ -64,7 +63,6 @@ pub struct AuditOptions {
     pub interval: Duration,
     /// `--namespace`: audit this namespace only; all when `None`.
     pub namespace: Option<String>,
-    pub registry: RegistryOptions,
 }
 
 /// A workload that needs attention, as its gauge names it.
@@ -199,14 +197,12 @@ impl Collector for AuditCollector {
     }
 }
 
-/// Starts the loop; fails only on our own configuration (e.g. an unreadable `--registry-ca-file`).
+/// Starts the loop; fails only when its metrics cannot be registered.
 pub fn start(
     shared: &Arc<Shared>,
     options: AuditOptions,
     tasks: &mut Supervisor,
 ) -> anyhow::Result<()> {
-    let registry = Registry::new(options.registry.clone())?
-        .observe_requests(shared.metrics.registry_request_duration.clone());
     let last = LastAudit::default();
     shared
         .metrics
@@ -222,12 +218,7 @@ pub fn start(
     shared.metrics.register(Box::new(runs.clone()))?;
     tasks.spawn(
         CONTROLLER,
-        run(
-            shared.clone(),
-            options,
-            (registry, last, runs),
-            tasks.shutdown(),
-        ),
+        run(shared.clone(), options, (last, runs), tasks.shutdown()),
     );
     Ok(())
 }
@@ -251,12 +242,17 @@ pub fn next_run(
 async fn run(
     shared: Arc<Shared>,
     options: AuditOptions,
-    (registry, last, runs): (Registry, LastAudit, IntCounterVec),
+    (last, runs): (LastAudit, IntCounterVec),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let mut changes = pin!(changes(&shared, options.namespace.as_deref()));
     loop {
-        let audit = survey(&shared.client, &registry, options.namespace.as_deref(), &[]);
+        let audit = survey(
+            &shared.client,
+            &shared.registry,
+            options.namespace.as_deref(),
+            &[],
+        );
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
             result = audit => result,

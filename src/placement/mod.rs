@@ -30,7 +30,7 @@ use crate::core::labels::osbuild_value;
 use crate::core::runs_on::Isolation;
 use crate::events::api_error_category;
 use crate::node_info::windows_version;
-use crate::registry::{Freshness, Registry, RegistryOptions};
+use crate::registry::Freshness;
 use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch};
@@ -71,27 +71,22 @@ pub struct PlacementOptions {
     pub deadline: Duration,
     /// `--namespace`: only pods of this namespace; all when `None`.
     pub namespace: Option<String>,
-    pub registry: RegistryOptions,
 }
 
 struct Context {
     shared: Arc<Shared>,
-    registry: Registry,
     deadline: Duration,
 }
 
-/// Starts the loop; fails only on our own configuration (e.g. an unreadable `--registry-ca-file`).
+/// Starts the loop; fails only when its metrics cannot be registered.
 pub fn start(
     shared: &Arc<Shared>,
-    options: PlacementOptions,
+    options: &PlacementOptions,
     tasks: &mut Supervisor,
 ) -> anyhow::Result<()> {
-    let registry = Registry::new(options.registry)?
-        .observe_requests(shared.metrics.registry_request_duration.clone());
     let gated = GatedPods::default();
     let context = Arc::new(Context {
         shared: shared.clone(),
-        registry,
         deadline: options.deadline,
     });
     shared.metrics.register(Box::new(PlacementCollector::new(
@@ -112,7 +107,7 @@ impl gauge::Deadline for Context {
         self.deadline
     }
     fn registry_stats(&self) -> crate::registry::RegistryStats {
-        self.registry.stats()
+        self.shared.registry.stats()
     }
 }
 
@@ -435,6 +430,7 @@ async fn resolve_images(context: &Context, pod: &Pod) -> (Vec<ImageResult>, Vec<
         };
         let credentials = keyring.lookup(&image);
         let result = context
+            .shared
             .registry
             .resolve(&image, &credentials, freshness)
             .await;

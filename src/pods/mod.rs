@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::FIELD_MANAGER;
 use crate::events::api_error_category;
-use crate::registry::{Freshness, Registry, RegistryOptions};
+use crate::registry::{Freshness, Registry};
 use crate::shared::{Repeats, Shared};
 use crate::supervisor::Supervisor;
 use crate::watches::{initial_state_watcher, observe_watch, probe_failing_watch};
@@ -52,19 +52,10 @@ pub struct PodOptions {
     pub annotate: bool,
     /// `--namespace`: watch one namespace only; all when `None`.
     pub namespace: Option<String>,
-    /// How to read images, for containerd's ambiguous pull error.
-    pub registry: RegistryOptions,
 }
 
-/// Starts the detector and the probes of its two watches; fails only on our own configuration (e.g. an
-/// unreadable `--registry-ca-file`).
-pub fn start(
-    shared: &Arc<Shared>,
-    options: &PodOptions,
-    tasks: &mut Supervisor,
-) -> anyhow::Result<()> {
-    let registry = Registry::new(options.registry.clone())?
-        .observe_requests(shared.metrics.registry_request_duration.clone());
+/// Starts the detector and the probes of its two watches.
+pub fn start(shared: &Arc<Shared>, options: &PodOptions, tasks: &mut Supervisor) {
     let client = shared.client.clone();
     let (pods, events): (Api<WatchedPod>, Api<CoreEvent>) = match &options.namespace {
         Some(ns) => (
@@ -103,12 +94,11 @@ pub fn start(
         CONTROLLER,
         detect(
             shared.clone(),
-            (options.annotate, registry),
+            options.annotate,
             (pods, events, sandbox_events),
             tasks.shutdown(),
         ),
     );
-    Ok(())
 }
 
 enum Input {
@@ -127,7 +117,7 @@ const REPORT_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Runs until `shutdown`. Waits for the Node index first: a pod's node must be known to judge it.
 async fn detect(
     shared: Arc<Shared>,
-    (annotate, registry): (bool, Registry),
+    annotate: bool,
     (pods, events, sandbox_events): (Api<WatchedPod>, Api<CoreEvent>, watcher::Config),
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -183,7 +173,7 @@ async fn detect(
                     Ok(event) => {
                         let confirmed = match &event {
                             watcher::Event::Apply(pod) | watcher::Event::InitApply(pod) => {
-                                let reads = (&registry, &mut unreadable);
+                                let reads = (&*shared.registry, &mut unreadable);
                                 confirm_ambiguous_pulls(&shared, reads, &episodes, pod.pod()).await
                             }
                             _ => Vec::new(),

@@ -68,9 +68,7 @@ impl<V: Clone, K: Clone + Eq + Hash> Cache<V, K> {
     /// Stores `value` as of `now` (again, for a key already there: its TTL starts over).
     pub fn insert(&mut self, key: K, value: V, now: Instant) {
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            let ttl = self.ttl;
-            self.entries
-                .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
+            self.drop_expired(now);
             if self.entries.len() >= self.capacity
                 && let Some(oldest) = self
                     .entries
@@ -82,6 +80,20 @@ impl<V: Clone, K: Clone + Eq + Hash> Cache<V, K> {
             }
         }
         self.entries.insert(key, (now, value));
+    }
+
+    /// Drops the entries whose TTL has run out: without it they would stay in memory until the cache is
+    /// full, long after they may be used.
+    pub fn drop_expired(&mut self, now: Instant) {
+        let ttl = self.ttl;
+        self.entries
+            .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
+        self.entries.shrink_to_fit();
+    }
+
+    /// Drops every entry.
+    pub fn clear(&mut self) {
+        self.entries = HashMap::new();
     }
 
     pub fn len(&self) -> usize {
@@ -155,5 +167,23 @@ mod tests {
         cache.insert(k(5), 50, t0 + s(122));
         assert_eq!(cache.len(), 3);
         assert_eq!(cache.get(&k(5), t0 + s(122)), Some(50));
+    }
+
+    #[test]
+    fn expired_entries_are_dropped_without_waiting_for_a_full_cache() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut cache = Cache::new(s(100), 10);
+        let k = |i: u32| CacheKey::Digest(format!("r/a@sha256:{i}"));
+        cache.insert(k(1), 1, t0);
+        cache.insert(k(2), 2, t0 + s(50));
+        // Positive control: not expired yet, nothing goes.
+        cache.drop_expired(t0 + s(99));
+        assert_eq!(cache.len(), 2);
+        cache.drop_expired(t0 + s(100));
+        assert_eq!(cache.len(), 1, "k(1) expired at t0+100 s");
+        assert_eq!(cache.get(&k(2), t0 + s(100)), Some(2));
+        cache.clear();
+        assert!(cache.is_empty());
     }
 }

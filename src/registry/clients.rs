@@ -39,6 +39,16 @@ impl<C: Clone> Clients<C> {
         Ok(client)
     }
 
+    /// Drops the clients idle for their TTL (with their connections and trust store).
+    pub fn drop_idle(&mut self, now: Instant) {
+        self.by_credential.drop_expired(now);
+    }
+
+    /// Drops every client.
+    pub fn clear(&mut self) {
+        self.by_credential.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.by_credential.len()
     }
@@ -100,6 +110,22 @@ mod tests {
         assert_eq!(clients.len(), 3);
         assert_eq!(get(&mut clients, 3, now + s(4), &mut builds), three);
         assert_ne!(get(&mut clients, 2, now + s(5), &mut builds), two);
+    }
+
+    #[test]
+    fn idle_clients_are_dropped_by_a_sweep() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let mut clients = Clients::new(s(60), 3);
+        let mut builds = 0;
+        get(&mut clients, 1, t0, &mut builds);
+        get(&mut clients, 2, t0 + s(30), &mut builds);
+        clients.drop_idle(t0 + s(59));
+        assert_eq!(clients.len(), 2, "positive control: none idle yet");
+        clients.drop_idle(t0 + s(60));
+        assert_eq!(clients.len(), 1);
+        clients.clear();
+        assert!(clients.is_empty());
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod error;
 pub mod manifest;
 pub mod reference;
+mod upkeep;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ use clients::Clients;
 use credentials::Credential;
 pub use error::{ErrorKind, RegistryError};
 use manifest::{ACCEPTED, Manifest, parse_config, parse_manifest};
+pub use upkeep::upkeep;
 
 /// How the controller and the CLI talk to registries.
 #[derive(Debug, Clone)]
@@ -144,6 +146,21 @@ impl Registry {
         })
     }
 
+    /// Drops the answers past their TTL and the clients idle as long (each with its connections and its
+    /// parsed trust store): without it they stay until the cache is full.
+    pub fn drop_expired(&self) {
+        let now = Instant::now();
+        lock(&self.cache).drop_expired(now);
+        lock(&self.clients).drop_idle(now);
+    }
+
+    /// Drops every answer and every client: a replica that stops leading no longer places pods, and reads
+    /// afresh if it leads again.
+    pub fn forget(&self) {
+        lock(&self.cache).clear();
+        lock(&self.clients).clear();
+    }
+
     pub fn stats(&self) -> RegistryStats {
         RegistryStats {
             resolutions: self.resolutions.load(Ordering::Relaxed),
@@ -170,10 +187,7 @@ impl Registry {
         }
         // One resolution per key at a time: the others wait, then find it cached.
         let gate = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut in_flight = lock(&self.in_flight);
             in_flight.entry(key.clone()).or_default().clone()
         };
         let guard = gate.lock().await;
@@ -182,10 +196,7 @@ impl Registry {
             _ => self.resolve_now(image, &reference, credentials, &key).await,
         };
         drop(guard);
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut in_flight = lock(&self.in_flight);
         if Arc::strong_count(&gate) <= 2 {
             in_flight.remove(&key);
         }
@@ -193,10 +204,7 @@ impl Registry {
     }
 
     fn cached(&self, key: &CacheKey) -> Option<Arc<ResolvedImage>> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = lock(&self.cache);
         let hit = cache.get(key, Instant::now());
         if hit.is_some() {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -241,10 +249,7 @@ impl Registry {
             })??;
         let found = Arc::new(found);
         let now = Instant::now();
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = lock(&self.cache);
         let by_digest = format!(
             "{}/{}@{}",
             reference.resolve_registry(),
@@ -263,10 +268,7 @@ impl Registry {
         credential: Option<&Credential>,
     ) -> Result<Client, RegistryError> {
         let key = credential_hash(credential.map(std::slice::from_ref).unwrap_or_default());
-        self.clients
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get_or_build(key, Instant::now(), || self.new_client(image))
+        lock(&self.clients).get_or_build(key, Instant::now(), || self.new_client(image))
     }
 
     fn new_client(&self, image: &str) -> Result<Client, RegistryError> {
@@ -449,6 +451,10 @@ impl Registry {
             )
         })
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn read_ca_file(path: &std::path::Path) -> Result<Vec<Vec<u8>>, RegistryError> {
