@@ -58,6 +58,9 @@ pub async fn run(args: RunArgs, keys: LabelKeys) -> anyhow::Result<()> {
             .context("cannot set up the registry client")?
             .observe_requests(metrics.registry_request_duration.clone()),
     );
+    metrics.register(Box::new(registry::RegistryCollector::new(
+        registry.clone(),
+    )?))?;
     tasks.spawn(
         "registry-upkeep",
         registry::upkeep(registry.clone(), leadership.subscribe(), tasks.shutdown()),

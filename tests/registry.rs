@@ -9,14 +9,16 @@ mod support;
 
 use std::net::TcpListener;
 use std::process::{Command, Output};
+use std::sync::Arc;
 use std::time::Duration;
 
 use osbuild_controller::core::platform::{ImageKind, VersionSource};
 use osbuild_controller::core::runs_on::{Isolation, runs_on};
 use osbuild_controller::registry::credentials::Credential;
-use osbuild_controller::registry::{ErrorKind, Freshness, Registry, RegistryOptions};
+use osbuild_controller::registry::{ErrorKind, Freshness, Registry, RegistryOptions, upkeep};
 use serde_json::Value;
 use support::{Registries, registries};
+use tokio_util::sync::CancellationToken;
 
 /// The kit's registries, with the accessors these tests use.
 trait Env {
@@ -481,4 +483,62 @@ async fn one_registry_resolution_per_image_and_credential_within_the_ttl() {
             .expect("resolves");
     }
     assert_eq!(uncached.stats().resolutions, 2);
+}
+
+/// What the registry reader holds (answers, clients with their connections) is dropped once expired, and
+/// all of it when the replica stops leading: a replica that led must not keep the leader's registry state
+/// as a follower (found by the long soak: a step in memory after the first term).
+#[tokio::test]
+async fn a_replica_that_stops_leading_drops_what_the_registry_held() {
+    let image = format!("{}/windows/cached", env().plain_host());
+    let registry = Arc::new(plain_registry(Duration::from_secs(10)));
+    registry
+        .resolve(&image, &[], Freshness::Cached)
+        .await
+        .expect("resolves");
+    let held = |r: &Registry| (r.stats().cache_entries, r.stats().clients);
+    // By reference and by digest, one anonymous client.
+    assert_eq!(held(&registry), (2, 1));
+    // Positive control: a sweep keeps what has not expired.
+    registry.drop_expired();
+    assert_eq!(held(&registry), (2, 1));
+
+    let (leadership, changes) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let upkeep = tokio::spawn(upkeep(registry.clone(), changes, stop.clone()));
+    leadership.send(true).expect("upkeep listens");
+    registry
+        .resolve(&image, &[], Freshness::Refresh)
+        .await
+        .expect("resolves as leader");
+    assert_eq!(held(&registry), (2, 1), "becoming the leader drops nothing");
+    leadership.send(false).expect("upkeep listens");
+    let dropped = async {
+        while held(&registry) != (0, 0) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), dropped)
+        .await
+        .expect("the registry's answers and clients dropped when leadership ended");
+    stop.cancel();
+    upkeep
+        .await
+        .expect("joins")
+        .expect("ends cleanly on shutdown");
+
+    // Expired answers go at a sweep, without waiting for a full cache.
+    let expiring = Registry::new(RegistryOptions {
+        insecure: vec![env().plain_host().to_owned()],
+        cache_ttl: Duration::ZERO,
+        ..RegistryOptions::default()
+    })
+    .expect("client");
+    expiring
+        .resolve(&image, &[], Freshness::Cached)
+        .await
+        .expect("resolves");
+    assert_eq!(held(&expiring), (2, 1));
+    expiring.drop_expired();
+    assert_eq!(held(&expiring), (0, 0));
 }

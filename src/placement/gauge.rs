@@ -1,5 +1,5 @@
-//! The placement metrics computed at scrape time: pods gated longer than the deadline (from the gated pods
-//! the watch has seen, so they cannot drift), and the registry cache's counters.
+//! The placement metric computed at scrape time: pods gated longer than the deadline (from the gated pods
+//! the watch has seen, so it cannot drift). The registry's metrics are its own ([`crate::registry`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -7,10 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, Opts};
 
-use crate::metrics::{ComputedGauge, NAMESPACE};
-use crate::registry::RegistryStats;
+use crate::metrics::ComputedGauge;
 
 /// Pods that carry our gate now: uid → creation time. Written by the watch, read at scrape time.
 #[derive(Debug, Clone, Default)]
@@ -45,40 +43,22 @@ impl GatedPods {
     }
 }
 
-/// What the collector reads from the loop.
-pub trait Deadline: Send + Sync {
-    fn deadline(&self) -> Duration;
-    fn registry_stats(&self) -> RegistryStats;
-}
-
 pub struct PlacementCollector {
     gated: GatedPods,
-    source: Arc<dyn Deadline>,
+    /// `--placement-deadline`.
+    deadline: Duration,
     too_long: ComputedGauge,
-    cache_hits: IntCounter,
-    resolutions: IntCounter,
 }
 
 impl PlacementCollector {
-    pub fn new(gated: GatedPods, source: Arc<dyn Deadline>) -> prometheus::Result<Self> {
-        let counter_opts = |name: &str, help: &str| {
-            IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
-        };
+    pub fn new(gated: GatedPods, deadline: Duration) -> prometheus::Result<Self> {
         Ok(Self {
             gated,
-            source,
+            deadline,
             too_long: ComputedGauge::new(
                 "pods_gated_too_long",
                 "Pods still carrying the osbuild-controller.io/image-os scheduling gate longer than --placement-deadline.",
                 &[],
-            )?,
-            cache_hits: counter_opts(
-                "registry_cache_hits_total",
-                "Image reads answered from the registry cache.",
-            )?,
-            resolutions: counter_opts(
-                "registry_resolutions_total",
-                "Image reads that went to a registry (cache misses and imagePullPolicy: Always), successful or not.",
             )?,
         })
     }
@@ -86,30 +66,13 @@ impl PlacementCollector {
 
 impl Collector for PlacementCollector {
     fn desc(&self) -> Vec<&Desc> {
-        let mut desc = self.too_long.desc();
-        desc.extend(self.cache_hits.desc());
-        desc.extend(self.resolutions.desc());
-        desc
+        self.too_long.desc()
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let late = self
-            .gated
-            .older_than(self.source.deadline(), SystemTime::now());
-        let mut families = self
-            .too_long
-            .family([(vec![], i64::try_from(late).unwrap_or(i64::MAX))]);
-        let stats = self.source.registry_stats();
-        // Fresh counters each scrape, set to the registry's own totals (monotonic there).
-        for (counter, value) in [
-            (&self.cache_hits, stats.cache_hits),
-            (&self.resolutions, stats.resolutions),
-        ] {
-            counter.reset();
-            counter.inc_by(value);
-            families.extend(counter.collect());
-        }
-        families
+        let late = self.gated.older_than(self.deadline, SystemTime::now());
+        self.too_long
+            .family([(vec![], i64::try_from(late).unwrap_or(i64::MAX))])
     }
 }
 

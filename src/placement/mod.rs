@@ -91,7 +91,7 @@ pub fn start(
     });
     shared.metrics.register(Box::new(PlacementCollector::new(
         gated.clone(),
-        context.clone(),
+        options.deadline,
     )?))?;
     let pods: Api<Pod> = match &options.namespace {
         Some(ns) => Api::namespaced(shared.client.clone(), ns),
@@ -100,15 +100,6 @@ pub fn start(
     shared.health.register_watch(GATED_PODS_WATCH);
     tasks.spawn(CONTROLLER, run(context, pods, gated, tasks.shutdown()));
     Ok(())
-}
-
-impl gauge::Deadline for Context {
-    fn deadline(&self) -> Duration {
-        self.deadline
-    }
-    fn registry_stats(&self) -> crate::registry::RegistryStats {
-        self.shared.registry.stats()
-    }
 }
 
 /// Watches the pods not bound yet ([`UNBOUND_PODS`]); each gated pod gets one task that places it (or waits

@@ -10,6 +10,7 @@
 
 pub mod cache;
 pub mod clients;
+mod collector;
 pub mod credentials;
 pub mod error;
 pub mod manifest;
@@ -32,6 +33,7 @@ use serde::Serialize;
 use crate::core::platform::{ImageKind, ImagePlatforms, Platform, VersionSource};
 use cache::{Cache, CacheKey, credential_hash};
 use clients::Clients;
+pub use collector::RegistryCollector;
 use credentials::Credential;
 pub use error::{ErrorKind, RegistryError};
 use manifest::{ACCEPTED, Manifest, parse_config, parse_manifest};
@@ -84,7 +86,7 @@ pub enum Freshness {
     Refresh,
 }
 
-/// Counters for metrics and tests.
+/// Counters and sizes for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct RegistryStats {
     /// Resolutions that went to a registry (cache misses and refreshes), successful or not.
@@ -93,6 +95,10 @@ pub struct RegistryStats {
     pub requests: u64,
     /// Answers served from the cache.
     pub cache_hits: u64,
+    /// Answers held now (by reference and credential, and by digest).
+    pub cache_entries: usize,
+    /// HTTP clients held now, one per credential in use.
+    pub clients: usize,
 }
 
 /// HTTP clients kept at most (one per credential in use: [`clients`]).
@@ -166,6 +172,8 @@ impl Registry {
             resolutions: self.resolutions.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
             cache_hits: self.cache_hits.load(Ordering::Relaxed),
+            cache_entries: lock(&self.cache).len(),
+            clients: lock(&self.clients).len(),
         }
     }
 
