@@ -1,5 +1,6 @@
-//! The one Node watch of the process: a reflector store of trimmed Nodes (the index every loop reads) and
-//! the stream of changed Nodes that drives the node controller.
+//! The one Node watch of the process: a reflector store of trimmed Nodes (the index every loop reads; re-lists
+//! update it in place: [`crate::index_writer`]) and the stream of changed Nodes that drives the node
+//! controller.
 //!
 //! Nodes are large (images, conditions, managedFields of every manager) and heartbeat every few seconds. We
 //! decode and keep only what we read ([`IndexedNode`]), and pass on only changes of our inputs, so memory
@@ -15,6 +16,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 
 use crate::core::labels::LabelKeys;
 use crate::health::Health;
+use crate::index_writer::IndexWriter;
 use crate::indexed_node::IndexedNode;
 use crate::metrics::Metrics;
 use crate::node_info::{NodeInputs, OS_LABEL};
@@ -111,7 +113,10 @@ pub fn watch_nodes(
             event
         })
         .modify(move |node| *node = std::mem::take(node).trim(&trim_keys))
-        .reflect(writer)
+        .map({
+            let mut index = IndexWriter::new(writer);
+            move |event| event.map(|event| index.take(event))
+        })
         // After the store has taken the whole list in: whoever wakes on the signal reads the listed state.
         // Sent at every (re-)list, not only the first (the node loop sweeps the index then).
         .map(move |event| {

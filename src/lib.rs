@@ -12,6 +12,7 @@ pub mod events;
 pub mod health;
 pub mod image_command;
 pub mod index;
+pub mod index_writer;
 pub mod indexed_node;
 pub mod leadership;
 pub mod lease;

@@ -158,10 +158,11 @@ async fn run(
             }
             _ = resync.tick(), if !stopping => push_every_node(&shared, &mut queue),
             Some(()) = became_leader.next(), if !stopping => push_every_node(&shared, &mut queue),
-            // Every (re-)list that completes: during a re-list (after a 410) the index still serves the
-            // old state until the list is whole, so a node reconciled then read its old inputs, or was not
-            // there yet; now that the index holds the list, go over every node (a plan per node, writes only
-            // where labels are wrong). Found by tests/faults.rs `expired_watch_410_relists`.
+            // Every (re-)list that completes: during a re-list (after a 410) the index serves each node as
+            // it was until the list brings it, and keeps nodes the list will not bring until it is whole
+            // (crate::index_writer), so a node reconciled then may have read its old inputs; now that the
+            // index holds the list, go over every node (a plan per node, writes only where labels are
+            // wrong). Found by tests/faults.rs `expired_watch_410_relists`.
             Ok(()) = synced.changed(), if !stopping => {
                 if *synced.borrow_and_update() {
                     push_every_node(&shared, &mut queue);
