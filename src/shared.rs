@@ -1,6 +1,6 @@
 //! What every loop of the controller process shares: one kube client, the label keys, one metrics registry,
-//! the Event reporter, the leadership, the health state, the Node index and the image reader. Built once by `run.rs` and
-//! handed to each loop as `Arc<Shared>`; each loop adds only its own options.
+//! the Event reporter, the leadership, the health state, the Node index and the image reader. Built once by
+//! `run.rs` and handed to each loop as `Arc<Shared>`; each loop adds only its own options.
 
 use std::sync::Arc;
 
