@@ -20,16 +20,16 @@ pub struct RegistryCollector {
 
 impl RegistryCollector {
     pub fn new(registry: Arc<Registry>) -> prometheus::Result<Self> {
-        let counter = |name: &str, help: &str| {
+        let counter_opts = |name: &str, help: &str| {
             IntCounter::with_opts(Opts::new(name, help).namespace(NAMESPACE))
         };
         Ok(Self {
             registry,
-            cache_hits: counter(
+            cache_hits: counter_opts(
                 "registry_cache_hits_total",
                 "Image reads answered from the registry cache.",
             )?,
-            resolutions: counter(
+            resolutions: counter_opts(
                 "registry_resolutions_total",
                 "Image reads that went to a registry (cache misses and imagePullPolicy: Always), successful or not.",
             )?,
