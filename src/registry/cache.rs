@@ -68,7 +68,7 @@ impl<V: Clone, K: Clone + Eq + Hash> Cache<V, K> {
     /// Stores `value` as of `now` (again, for a key already there: its TTL starts over).
     pub fn insert(&mut self, key: K, value: V, now: Instant) {
         if !self.entries.contains_key(&key) && self.entries.len() >= self.capacity {
-            self.drop_expired(now);
+            self.retain_live(now);
             if self.entries.len() >= self.capacity
                 && let Some(oldest) = self
                     .entries
@@ -84,11 +84,16 @@ impl<V: Clone, K: Clone + Eq + Hash> Cache<V, K> {
 
     /// Drops the entries whose TTL has run out: without it they would stay in memory until the cache is
     /// full, long after they may be used.
+    /// Its table shrinks too, which an insert into a full cache (`insert`) must not pay each time.
     pub fn drop_expired(&mut self, now: Instant) {
+        self.retain_live(now);
+        self.entries.shrink_to_fit();
+    }
+
+    fn retain_live(&mut self, now: Instant) {
         let ttl = self.ttl;
         self.entries
             .retain(|_, (stored, _)| now.saturating_duration_since(*stored) < ttl);
-        self.entries.shrink_to_fit();
     }
 
     /// Drops every entry.
